@@ -1,0 +1,557 @@
+"""``pylstm.LSTM``: torch.nn.LSTM's semantics and weight names, batch-first, on a compiled kernel.
+
+The layer validates and converts its inputs once, sorts the batch into packed
+order (see ``src/_kernel.pyx`` for the layouts), and calls the kernel once per
+layer and direction; the time loop runs in compiled code without the GIL.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from . import _kernel
+from ._validation import as_float_array, check_blas_size, check_lengths, resolve_dtype
+
+# Inference runs the input projection in chunks of at most this many packed
+# rows (and at least _MIN_CHUNK_STEPS steps), so its memory does not grow with T
+# while each chunk's GEMM stays large enough to run near BLAS's peak.
+_CHUNK_ROWS = 2048
+_MIN_CHUNK_STEPS = 8
+
+State = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass
+class Gradients:
+    """Gradients returned by :meth:`LSTM.backward`.
+
+    Attributes
+    ----------
+    input : ndarray of shape (batch, time, input_size)
+        dL/dx; zero past each sequence's length.
+    state : tuple of ndarray
+        (dL/dh0, dL/dc0), shapes (num_layers * num_directions, batch, P) and
+        (num_layers * num_directions, batch, hidden_size).
+    params : dict of str to ndarray
+        dL/dparam under torch's parameter names; views into ``flat``.
+    flat : ndarray of shape (n_parameters,)
+        All parameter gradients in one vector, in the order of
+        :meth:`LSTM.parameters` (handy for optimizers).
+    """
+
+    input: np.ndarray
+    state: State
+    params: dict[str, np.ndarray]
+    flat: np.ndarray
+
+
+@dataclass
+class _Packing:
+    """Batch order of a call: sequences sorted by decreasing length (see the kernel docstring)."""
+
+    perm: np.ndarray          # (B,) sorted position -> sequence index
+    batch_sizes: np.ndarray   # (T,) number of live sequences at each step
+    offsets: np.ndarray       # (T + 1,) first packed row of each step
+    lengths: np.ndarray | None
+
+    @classmethod
+    def build(cls, batch: int, time: int, lengths: np.ndarray | None) -> "_Packing":
+        if lengths is None:
+            return cls(np.arange(batch, dtype=np.intp), np.full(time, batch, dtype=np.intp),
+                       np.arange(time + 1, dtype=np.intp) * batch, None)
+        perm = np.argsort(-lengths, kind="stable").astype(np.intp)
+        # live at step t = number of sequences longer than t
+        ended_by = np.cumsum(np.bincount(lengths, minlength=time + 1))[:time]
+        batch_sizes = (batch - ended_by).astype(np.intp)
+        offsets = np.zeros(time + 1, dtype=np.intp)
+        np.cumsum(batch_sizes, out=offsets[1:])
+        return cls(perm, batch_sizes, offsets, lengths)
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.offsets[-1])
+
+
+@dataclass
+class _TrainCache:
+    """What :meth:`LSTM.backward` needs from :meth:`LSTM.forward_train`."""
+
+    owner: "LSTM"
+    shape: tuple[int, int]
+    packing: _Packing
+    packed_inputs: list[np.ndarray]               # per layer (N, I_k)
+    gates: list[np.ndarray]                        # per layer-direction (4H, N)
+    hidden_prev: list[np.ndarray]                  # per layer-direction (P, N)
+    cell_prev: list[np.ndarray]                    # per layer-direction (H, N)
+    dropout_masks: list[np.ndarray]                # per layer below the top (B, T, D*P)
+    used: bool = field(default=False)
+
+
+class LSTM:
+    """A multi-layer LSTM with torch.nn.LSTM's semantics, batch-first.
+
+    Per step and layer, with gate order (i, f, g, o) as in torch::
+
+        i = sigmoid(W_ii x + b_ii + W_hi h + b_hi)
+        f = sigmoid(W_if x + b_if + W_hf h + b_hf)
+        g = tanh(W_ig x + b_ig + W_hg h + b_hg)
+        o = sigmoid(W_io x + b_io + W_ho h + b_ho)
+        c = f * c + i * g
+        h = o * tanh(c)            (then h = W_hr h when proj_size > 0)
+
+    Parameters
+    ----------
+    input_size : int
+        Number of features of each time step of the input.
+    hidden_size : int
+        Number of memory cells (H) per layer and direction.
+    num_layers : int, default=1
+        Number of stacked layers.
+    bias : bool, default=True
+        Whether the layer has the bias vectors ``bias_ih_l{k}`` and ``bias_hh_l{k}``.
+    bidirectional : bool, default=False
+        Run a second, reverse-time direction per layer and concatenate outputs.
+    proj_size : int, default=0
+        If > 0, project the hidden state to this size with ``weight_hr_l{k}`` (P).
+    dropout : float, default=0.0
+        Dropout probability on the outputs of every layer but the last, applied
+        by :meth:`forward_train` only (never at inference).
+    dtype : {np.float32, np.float64}, default=np.float32
+        Precision of the weights and of all computation.
+    random_state : int, numpy Generator or None, default=None
+        Seeds the initial weights, U(-1/sqrt(H), 1/sqrt(H)) as torch, and the dropout masks.
+
+    Notes
+    -----
+    Input is always batch-first, ``(batch, time, input_size)``. Outputs are
+    ``out`` of shape ``(batch, time, D * P)`` and ``(h_n, c_n)`` of shapes
+    ``(num_layers * D, batch, P)`` and ``(num_layers * D, batch, hidden_size)``,
+    where D is 2 if bidirectional else 1 and P is ``proj_size or hidden_size``.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *,
+                 bias: bool = True, bidirectional: bool = False, proj_size: int = 0,
+                 dropout: float = 0.0, dtype: Any = np.float32,
+                 random_state: int | np.random.Generator | None = None) -> None:
+        for name, value, low in (("input_size", input_size, 1), ("hidden_size", hidden_size, 1),
+                                 ("num_layers", num_layers, 1), ("proj_size", proj_size, 0)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+            if value < low:
+                raise ValueError(f"{name} must be >= {low}, got {value}")
+        if proj_size >= hidden_size:
+            raise ValueError(
+                f"proj_size must be smaller than hidden_size, got proj_size={proj_size} "
+                f"and hidden_size={hidden_size}")
+        if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        self.input_size = int(input_size)
+        self.hidden_size = int(hidden_size)
+        self.num_layers = int(num_layers)
+        self.bias = bool(bias)
+        self.bidirectional = bool(bidirectional)
+        self.proj_size = int(proj_size)
+        self.dropout = float(dropout)
+        self.dtype = resolve_dtype(dtype)
+        check_blas_size(4 * self.hidden_size * max(self.input_size, self.hidden_size))
+        self._rng = _as_generator(random_state)
+        self._layout = list(self._parameter_shapes())
+        self._flat = np.empty(sum(math.prod(s) for _, s in self._layout), dtype=self.dtype)
+        self._params = _views(self._flat, self._layout)
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ shape facts
+    @property
+    def num_directions(self) -> int:
+        """2 if bidirectional, else 1."""
+        return 2 if self.bidirectional else 1
+
+    @property
+    def output_size(self) -> int:
+        """Size of a hidden state, P: ``proj_size`` if set, else ``hidden_size``."""
+        return self.proj_size or self.hidden_size
+
+    def _layer_input_size(self, layer: int) -> int:
+        return self.input_size if layer == 0 else self.num_directions * self.output_size
+
+    def _parameter_shapes(self) -> Iterator[tuple[str, tuple[int, ...]]]:
+        """Torch's parameter names and shapes, in torch's order."""
+        H, P = self.hidden_size, self.output_size
+        for layer in range(self.num_layers):
+            for direction in range(self.num_directions):
+                suffix = f"l{layer}" + ("_reverse" if direction else "")
+                yield f"weight_ih_{suffix}", (4 * H, self._layer_input_size(layer))
+                yield f"weight_hh_{suffix}", (4 * H, P)
+                if self.bias:
+                    yield f"bias_ih_{suffix}", (4 * H,)
+                    yield f"bias_hh_{suffix}", (4 * H,)
+                if self.proj_size:
+                    yield f"weight_hr_{suffix}", (P, H)
+
+    # ------------------------------------------------------------------ parameters
+    def reset_parameters(self) -> None:
+        """Draw every parameter from U(-1/sqrt(H), 1/sqrt(H)), as torch does."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        self._flat[:] = self._rng.uniform(-bound, bound, size=self._flat.shape)
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        """Live parameter arrays by torch name (views into :attr:`flat_parameters`)."""
+        return dict(self._params)
+
+    @property
+    def flat_parameters(self) -> np.ndarray:
+        """All parameters as one live vector, in the order of :meth:`parameters`."""
+        return self._flat
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of the parameters under torch's names and shapes."""
+        return {name: value.copy() for name, value in self._params.items()}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Load parameters by torch name; values may be any array-like (torch tensors too).
+
+        Raises ValueError for missing or unexpected names, wrong shapes or non-finite values.
+        """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a mapping of name to array, "
+                            f"got {type(state_dict).__name__}")
+        missing = [name for name in self._params if name not in state_dict]
+        unexpected = [name for name in state_dict if name not in self._params]
+        if missing or unexpected:
+            raise ValueError(f"state_dict does not match this LSTM: missing {missing}, "
+                             f"unexpected {unexpected}")
+        converted = {}
+        for name, target in self._params.items():
+            value = as_float_array(_to_numpy(state_dict[name]), name, self.dtype)
+            if value.shape != target.shape:
+                raise ValueError(f"{name} must have shape {target.shape}, got {value.shape}")
+            converted[name] = value
+        for name, value in converted.items():
+            self._params[name][...] = value
+
+    @classmethod
+    def from_torch(cls, module: Any, dtype: Any = None) -> "LSTM":
+        """Build an LSTM with the hyperparameters and weights of a ``torch.nn.LSTM``.
+
+        Parameters
+        ----------
+        module : torch.nn.LSTM
+            Read through its attributes and ``state_dict()``; pylstm does not import torch.
+            Its ``batch_first`` is irrelevant: pylstm is always batch-first.
+        dtype : dtype, optional
+            Defaults to float64 if the module's weights are float64, else float32.
+        """
+        required = ("input_size", "hidden_size", "num_layers", "bidirectional", "state_dict")
+        if not all(hasattr(module, attr) for attr in required) or \
+                getattr(module, "mode", "LSTM") != "LSTM":
+            raise TypeError(f"from_torch expects a torch.nn.LSTM, got {type(module).__name__}")
+        weights = {name: _to_numpy(value) for name, value in module.state_dict().items()}
+        if dtype is None:
+            dtype = np.float64 if weights["weight_ih_l0"].dtype == np.float64 else np.float32
+        layer = cls(int(module.input_size), int(module.hidden_size), int(module.num_layers),
+                    bias=bool(getattr(module, "bias", True)),
+                    bidirectional=bool(module.bidirectional),
+                    proj_size=int(getattr(module, "proj_size", 0)),
+                    dropout=float(getattr(module, "dropout", 0.0)), dtype=dtype)
+        layer.load_state_dict(weights)
+        return layer
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_params"]  # views into _flat; rebuilt on load so they stay views
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._params = _views(self._flat, self._layout)
+
+    def __repr__(self) -> str:
+        extras = "".join(f", {name}={getattr(self, name)!r}" for name, default in (
+            ("num_layers", 1), ("bias", True), ("bidirectional", False), ("proj_size", 0),
+            ("dropout", 0.0)) if getattr(self, name) != default)
+        return f"LSTM({self.input_size}, {self.hidden_size}{extras}, dtype={self.dtype.name})"
+
+    # ------------------------------------------------------------------ input checks
+    def _check_input(self, x: Any) -> np.ndarray:
+        x = as_float_array(x, "x", self.dtype, 3, "(batch, time, features)")
+        batch, time, features = x.shape
+        if features != self.input_size:
+            raise ValueError(f"x has {features} features per step, but this LSTM has "
+                             f"input_size={self.input_size}")
+        if batch == 0 or time == 0:
+            raise ValueError(f"x must have at least one sequence and one time step, "
+                             f"got shape {x.shape}")
+        check_blas_size(batch * time, 4 * self.hidden_size * batch)
+        return x
+
+    def _check_state(self, state: Any, batch: int, name: str = "state") -> State:
+        shapes = ((self.num_layers * self.num_directions, batch, self.output_size),
+                  (self.num_layers * self.num_directions, batch, self.hidden_size))
+        if state is None:
+            return np.zeros(shapes[0], self.dtype), np.zeros(shapes[1], self.dtype)
+        if not isinstance(state, (tuple, list)) or len(state) != 2:
+            raise TypeError(f"{name} must be a tuple (h, c) of two arrays, "
+                            f"got {type(state).__name__}")
+        arrays = []
+        for label, value, shape in zip("hc", state, shapes):
+            array = as_float_array(_to_numpy(value), f"{name}[{'hc'.index(label)}] ({label})",
+                                   self.dtype, 3, "(num_layers * num_directions, batch, size)")
+            if array.shape != shape:
+                raise ValueError(f"{name} {label} must have shape {shape}, got {array.shape}")
+            arrays.append(array)
+        return arrays[0], arrays[1]
+
+    def initial_state(self, batch_size: int) -> State:
+        """Zero state ``(h0, c0)`` for ``batch_size`` sequences."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        return self._check_state(None, int(batch_size))
+
+    # ------------------------------------------------------------------ forward
+    def __call__(self, x: Any, state: State | None = None,
+                 lengths: Any = None) -> tuple[np.ndarray, State]:
+        """Run the LSTM over a batch of sequences (inference).
+
+        Parameters
+        ----------
+        x : array-like of shape (batch, time, input_size)
+        state : tuple (h0, c0), optional
+            Shapes (num_layers * D, batch, P) and (num_layers * D, batch, hidden_size);
+            zeros when omitted.
+        lengths : array-like of int of shape (batch,), optional
+            Valid steps of each sequence, in [1, time]. Steps past a sequence's
+            end are ignored, its output there is zero, its final state is the
+            one at its last valid step, and the reverse direction starts there.
+
+        Returns
+        -------
+        out : ndarray of shape (batch, time, D * P)
+        (h_n, c_n) : tuple of ndarray
+            Shapes (num_layers * D, batch, P) and (num_layers * D, batch, hidden_size).
+
+        Extra memory is O(batch * hidden_size) per layer, independent of time
+        (plus one (batch, time, D * P) buffer between stacked layers).
+        """
+        out, state_n, _ = self._forward(x, state, lengths, train=False, rng=None)
+        return out, state_n
+
+    forward = __call__
+
+    def forward_train(self, x: Any, state: State | None = None, lengths: Any = None,
+                      rng: np.random.Generator | None = None
+                      ) -> tuple[np.ndarray, State, _TrainCache]:
+        """Forward pass that keeps what :meth:`backward` needs.
+
+        Same arguments and outputs as :meth:`__call__`, plus a cache for
+        :meth:`backward` (usable once). Dropout between layers, if set, applies
+        here, with masks drawn from ``rng`` (default: the layer's own generator).
+        """
+        return self._forward(x, state, lengths, train=True, rng=rng)
+
+    def _forward(self, x: Any, state: State | None, lengths: Any, train: bool,
+                 rng: np.random.Generator | None):
+        x = self._check_input(x)
+        batch, time, _ = x.shape
+        h0, c0 = self._check_state(state, batch)
+        packing = _Packing.build(batch, time, check_lengths(lengths, batch, time))
+        H, P, D = self.hidden_size, self.output_size, self.num_directions
+        n_rows = packing.n_rows
+        h_n = np.empty_like(h0)
+        c_n = np.empty_like(c0)
+        cache = _TrainCache(self, (batch, time), packing, [], [], [], [], []) if train else None
+        if train:
+            chunk_steps, rows = time, n_rows
+        else:
+            chunk_steps = min(time, max(_MIN_CHUNK_STEPS, _CHUNK_ROWS // batch))
+            rows = chunk_steps * batch
+            gates = np.empty((4 * H, rows), self.dtype)
+            packed = np.empty(rows * max(self.input_size, D * P), self.dtype)
+        cell_out = np.empty((H, batch), self.dtype) if self.proj_size else None
+        layer_input = x
+        for layer in range(self.num_layers):
+            width = self._layer_input_size(layer)
+            out = np.zeros((batch, time, D * P), self.dtype)
+            if train:
+                packed_x = np.empty((n_rows, width), self.dtype)
+                _kernel.gather_inputs(layer_input, packing.perm, packing.batch_sizes, packed_x)
+                cache.packed_inputs.append(packed_x)
+            else:
+                packed_x = packed[:rows * width].reshape(rows, width)
+            for direction in range(D):
+                index = layer * D + direction
+                w_ih, w_hh, bias, w_hr = self._direction_weights(layer, direction)
+                hidden = np.ascontiguousarray(h0[index][packing.perm].T)
+                cell = np.ascontiguousarray(c0[index][packing.perm].T)
+                if train:
+                    gates = np.empty((4 * H, n_rows), self.dtype)
+                    hidden_prev = np.empty((P, n_rows), self.dtype)
+                    cell_prev = np.empty((H, n_rows), self.dtype)
+                    cache.gates.append(gates)
+                    cache.hidden_prev.append(hidden_prev)
+                    cache.cell_prev.append(cell_prev)
+                else:
+                    hidden_prev = cell_prev = None
+                _kernel.direction_forward(
+                    layer_input, packing.perm, packing.batch_sizes, packing.offsets,
+                    w_ih, w_hh, bias, w_hr, hidden, cell, out, direction * P,
+                    bool(direction), chunk_steps, packed_x, train, gates, cell_out,
+                    hidden_prev, cell_prev)
+                h_n[index][packing.perm] = hidden.T
+                c_n[index][packing.perm] = cell.T
+            if train and self.dropout and layer < self.num_layers - 1:
+                generator = rng if rng is not None else self._rng
+                keep = 1.0 - self.dropout
+                mask = (generator.random(out.shape) < keep).astype(self.dtype) / self.dtype.type(keep)
+                out *= mask
+                cache.dropout_masks.append(mask)
+            layer_input = out
+        return layer_input, (h_n, c_n), cache
+
+    def _direction_weights(self, layer: int, direction: int):
+        suffix = f"l{layer}" + ("_reverse" if direction else "")
+        params = self._params
+        if self.bias:
+            bias = params[f"bias_ih_{suffix}"] + params[f"bias_hh_{suffix}"]
+        else:
+            bias = np.zeros(4 * self.hidden_size, self.dtype)
+        w_hr = params[f"weight_hr_{suffix}"] if self.proj_size else None
+        return params[f"weight_ih_{suffix}"], params[f"weight_hh_{suffix}"], bias, w_hr
+
+    # ------------------------------------------------------------------ backward
+    def backward(self, cache: _TrainCache, grad_output: Any = None,
+                 grad_state: State | None = None) -> Gradients:
+        """Backpropagation through time for one :meth:`forward_train` call.
+
+        Parameters
+        ----------
+        cache : object
+            The third value returned by :meth:`forward_train`; usable once.
+        grad_output : array-like of shape (batch, time, D * P), optional
+            dL/d(out); entries past a sequence's length are ignored. Zeros if omitted.
+        grad_state : tuple (dh_n, dc_n), optional
+            dL/dh_n and dL/dc_n, shaped like (h_n, c_n). Zeros if omitted.
+
+        Returns
+        -------
+        Gradients
+            ``input`` (batch, time, input_size), ``state`` (dh0, dc0),
+            ``params`` by torch name, and ``flat`` (all parameter gradients).
+        """
+        if not isinstance(cache, _TrainCache) or cache.owner is not self:
+            raise TypeError("cache must be the third value returned by this layer's "
+                            "forward_train")
+        if cache.used:
+            raise ValueError("this cache was already used by backward (it is consumed in "
+                             "place); call forward_train again")
+        batch, time = cache.shape
+        H, P, D = self.hidden_size, self.output_size, self.num_directions
+        if grad_output is None:
+            grad_out = np.zeros((batch, time, D * P), self.dtype)
+        else:
+            grad_out = as_float_array(_to_numpy(grad_output), "grad_output", self.dtype, 3,
+                                      "(batch, time, D * P)")
+            if grad_out.shape != (batch, time, D * P):
+                raise ValueError(f"grad_output must have shape {(batch, time, D * P)} "
+                                 f"(the shape of out), got {grad_out.shape}")
+        dh_n, dc_n = self._check_state(grad_state, batch, "grad_state")
+        cache.used = True
+        packing = cache.packing
+        n_rows = packing.n_rows
+        flat_grad = np.empty_like(self._flat)
+        grad_params = _views(flat_grad, self._layout)
+        dh0 = np.empty_like(dh_n)
+        dc0 = np.empty_like(dc_n)
+        if self.proj_size:
+            d_cell_out = np.empty((H, batch), self.dtype)
+            d_hidden_all = np.empty((P, n_rows), self.dtype)
+            cell_out_all = np.empty((H, n_rows), self.dtype)
+        else:
+            d_cell_out = d_hidden_all = cell_out_all = None
+        for layer in reversed(range(self.num_layers)):
+            packed_x = cache.packed_inputs[layer]
+            d_packed_x = np.empty_like(packed_x)
+            for direction in range(D):
+                index = layer * D + direction
+                suffix = f"l{layer}" + ("_reverse" if direction else "")
+                w_ih, w_hh, _, w_hr = self._direction_weights(layer, direction)
+                d_hidden = np.ascontiguousarray(dh_n[index][packing.perm].T)
+                d_cell = np.ascontiguousarray(dc_n[index][packing.perm].T)
+                d_bias = np.empty(4 * H, self.dtype)
+                _kernel.direction_backward(
+                    grad_out, direction * P, bool(direction), packing.perm,
+                    packing.batch_sizes, packing.offsets, w_ih, w_hh, w_hr,
+                    d_hidden, d_cell, cache.gates[index], cache.cell_prev[index],
+                    cache.hidden_prev[index], packed_x,
+                    grad_params[f"weight_ih_{suffix}"], grad_params[f"weight_hh_{suffix}"],
+                    d_bias, grad_params.get(f"weight_hr_{suffix}"), d_packed_x,
+                    direction > 0, d_cell_out, d_hidden_all, cell_out_all)
+                if self.bias:
+                    grad_params[f"bias_ih_{suffix}"][:] = d_bias
+                    grad_params[f"bias_hh_{suffix}"][:] = d_bias
+                dh0[index][packing.perm] = d_hidden.T
+                dc0[index][packing.perm] = d_cell.T
+            d_input = np.zeros((batch, time, packed_x.shape[1]), self.dtype)
+            _kernel.scatter_inputs(d_packed_x, packing.perm, packing.batch_sizes, d_input)
+            if layer > 0 and cache.dropout_masks:
+                d_input *= cache.dropout_masks[layer - 1]
+            grad_out = d_input
+        # The cache's gate buffers now hold gradients; drop them.
+        cache.gates.clear()
+        return Gradients(grad_out, (dh0, dc0), grad_params, flat_grad)
+
+    # ------------------------------------------------------------------ streaming
+    def step(self, x_t: Any, state: State | None = None) -> tuple[np.ndarray, State]:
+        """Advance a unidirectional LSTM by one time step.
+
+        Parameters
+        ----------
+        x_t : array-like of shape (batch, input_size)
+        state : tuple (h, c), optional
+            Shapes (num_layers, batch, P) and (num_layers, batch, hidden_size),
+            e.g. from :meth:`initial_state` or the previous call; zeros if omitted.
+
+        Returns
+        -------
+        y_t : ndarray of shape (batch, P)
+            The top layer's hidden state.
+        (h, c) : tuple of ndarray
+            The new state (new arrays; the inputs are not modified).
+        """
+        if self.bidirectional:
+            raise ValueError("step() needs a unidirectional LSTM: a bidirectional layer's "
+                             "reverse direction needs the whole sequence")
+        x_t = as_float_array(x_t, "x_t", self.dtype, 2, "(batch, input_size)")
+        out, state_n = self(x_t[:, None, :], state)
+        return out[:, 0, :], state_n
+
+
+def _views(flat: np.ndarray, layout: list[tuple[str, tuple[int, ...]]]) -> dict[str, np.ndarray]:
+    """Named views into one flat parameter (or gradient) vector."""
+    views, start = {}, 0
+    for name, shape in layout:
+        size = math.prod(shape)
+        views[name] = flat[start:start + size].reshape(shape)
+        start += size
+    return views
+
+
+def _to_numpy(value: Any) -> Any:
+    """Turn a torch tensor (or anything with .detach/.cpu/.numpy) into a NumPy array."""
+    for method in ("detach", "cpu", "numpy"):
+        if hasattr(value, method) and not isinstance(value, np.ndarray):
+            value = getattr(value, method)()
+    return value
+
+
+def _as_generator(random_state: Any) -> np.random.Generator:
+    if isinstance(random_state, np.random.RandomState):
+        return np.random.default_rng(random_state.randint(2**32 - 1, dtype=np.uint64))
+    try:
+        return np.random.default_rng(random_state)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"random_state must be None, an int or a numpy Generator, "
+                         f"got {random_state!r}") from exc
