@@ -206,6 +206,18 @@ class LSTM:
         """All parameters as one live vector, in the order of :meth:`parameters`."""
         return self._flat
 
+    @flat_parameters.setter
+    def flat_parameters(self, value: Any) -> None:
+        # In-place operators (lstm.flat_parameters -= step) land here after
+        # updating the vector itself; plain assignment copies values in.
+        if value is self._flat:
+            return
+        value = as_float_array(value, "flat_parameters", self.dtype, 1)
+        if value.shape != self._flat.shape:
+            raise ValueError(f"flat_parameters must have shape {self._flat.shape}, "
+                             f"got {value.shape}")
+        self._flat[...] = value
+
     def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of the parameters under torch's names and shapes."""
         return {name: value.copy() for name, value in self._params.items()}

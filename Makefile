@@ -1,0 +1,33 @@
+# The commands a newcomer types (see README.md). Each target sets up what it
+# needs itself: a local virtual environment in .venv, the build, the install.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# The CPU build of torch that this environment provides; never unpinned.
+TORCH  := torch==2.13.0
+
+.PHONY: demo test bench clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Rebuild the extension whenever a Cython source or the build files change.
+$(VENV)/.installed: $(VENV)/bin/python pyproject.toml setup.py $(wildcard src/*.pyx src/*.pxd src/*.h)
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+$(VENV)/.peers: $(VENV)/.installed
+	$(PY) -m pip install -q $(TORCH)
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) examples/main_job.py
+
+test: $(VENV)/.peers
+	$(PY) -m pytest tests -q
+
+bench: $(VENV)/.peers
+	$(PY) bench/bench_forward.py
+
+clean:
+	rm -rf $(VENV) build src/*.c pylstm/*.so *.egg-info
