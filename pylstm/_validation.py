@@ -48,7 +48,8 @@ def as_float_array(value: Any, name: str, dtype: np.dtype, ndim: int | None = No
     if kind == "f" and array.dtype.itemsize > np.dtype(dtype).itemsize and array.size:
         # Values beyond float32's range would silently become inf.
         finite_before = np.isfinite(array).all()
-        converted = np.ascontiguousarray(array, dtype=dtype)
+        with np.errstate(over="ignore"):  # overflow is reported below, as a ValueError
+            converted = np.ascontiguousarray(array, dtype=dtype)
         if finite_before and not np.isfinite(converted).all():
             raise ValueError(
                 f"{name} has values too large for {np.dtype(dtype).name} "
