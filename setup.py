@@ -5,6 +5,7 @@ Cython sources live in ``src/``; each becomes an extension module inside the
 ``PYLSTM_DEBUG=1`` to build with bounds checking and without optimisation.
 No ``-march=native`` and no ``-ffast-math``: wheels must run on any x86-64.
 """
+import glob
 import os
 
 import numpy
@@ -39,6 +40,7 @@ setup(
         Extension(
             f"pylstm.{name}",
             [f"src/{name}.c"],
+            depends=glob.glob("src/*.h") + glob.glob("src/*.pxd"),
             include_dirs=["src", numpy.get_include()],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
             extra_compile_args=compile_args,

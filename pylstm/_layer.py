@@ -375,14 +375,17 @@ class LSTM:
         h_n = np.empty_like(h0)
         c_n = np.empty_like(c0)
         cache = _TrainCache(self, (batch, time), packing, [], [], [], [], []) if train else None
+        level = _kernel.simd_level() if self.dtype == np.float32 else 0
         if train:
             chunk_steps, rows = time, n_rows
+            hidden_scratch = None
         else:
             chunk_steps = min(time, max(_MIN_CHUNK_STEPS, _CHUNK_ROWS // batch))
             rows = chunk_steps * batch
-            gates = np.empty((4 * H, rows), self.dtype)
+            gates = np.empty((rows, 4 * H), self.dtype)
             packed = np.empty(rows * max(self.input_size, D * P), self.dtype)
-        cell_out = np.empty((H, batch), self.dtype) if self.proj_size else None
+            hidden_scratch = np.empty((batch, P), self.dtype)
+        cell_out = np.empty((batch, H), self.dtype) if self.proj_size else None
         layer_input = x
         for layer in range(self.num_layers):
             width = self._layer_input_size(layer)
@@ -396,24 +399,25 @@ class LSTM:
             for direction in range(D):
                 index = layer * D + direction
                 w_ih, w_hh, bias, w_hr = self._direction_weights(layer, direction)
-                hidden = np.ascontiguousarray(h0[index][packing.perm].T)
-                cell = np.ascontiguousarray(c0[index][packing.perm].T)
+                hidden = h0[index][packing.perm]
+                cell = c0[index][packing.perm]
                 if train:
-                    gates = np.empty((4 * H, n_rows), self.dtype)
-                    hidden_prev = np.empty((P, n_rows), self.dtype)
-                    cell_prev = np.empty((H, n_rows), self.dtype)
+                    gates = np.empty((n_rows, 4 * H), self.dtype)
+                    hidden_prev = np.empty((n_rows, P), self.dtype)
+                    cell_prev = np.empty((n_rows, H), self.dtype)
                     cache.gates.append(gates)
                     cache.hidden_prev.append(hidden_prev)
                     cache.cell_prev.append(cell_prev)
                 else:
                     hidden_prev = cell_prev = None
+                packed_whh = _kernel.pack_recurrent_weights(w_hh, H, level) if level else None
                 _kernel.direction_forward(
                     layer_input, packing.perm, packing.batch_sizes, packing.offsets,
-                    w_ih, w_hh, bias, w_hr, hidden, cell, out, direction * P,
-                    bool(direction), chunk_steps, packed_x, train, gates, cell_out,
-                    hidden_prev, cell_prev)
-                h_n[index][packing.perm] = hidden.T
-                c_n[index][packing.perm] = cell.T
+                    w_ih, w_hh, bias, w_hr, packed_whh, level, hidden, cell, out,
+                    direction * P, bool(direction), chunk_steps, packed_x, train, gates,
+                    cell_out, hidden_scratch, hidden_prev, cell_prev)
+                h_n[index][packing.perm] = hidden
+                c_n[index][packing.perm] = cell
             if train and self.dropout and layer < self.num_layers - 1:
                 generator = rng if rng is not None else self._rng
                 keep = 1.0 - self.dropout
@@ -478,9 +482,9 @@ class LSTM:
         dh0 = np.empty_like(dh_n)
         dc0 = np.empty_like(dc_n)
         if self.proj_size:
-            d_cell_out = np.empty((H, batch), self.dtype)
-            d_hidden_all = np.empty((P, n_rows), self.dtype)
-            cell_out_all = np.empty((H, n_rows), self.dtype)
+            d_cell_out = np.empty((batch, H), self.dtype)
+            d_hidden_all = np.empty((n_rows, P), self.dtype)
+            cell_out_all = np.empty((n_rows, H), self.dtype)
         else:
             d_cell_out = d_hidden_all = cell_out_all = None
         for layer in reversed(range(self.num_layers)):
@@ -490,8 +494,8 @@ class LSTM:
                 index = layer * D + direction
                 suffix = f"l{layer}" + ("_reverse" if direction else "")
                 w_ih, w_hh, _, w_hr = self._direction_weights(layer, direction)
-                d_hidden = np.ascontiguousarray(dh_n[index][packing.perm].T)
-                d_cell = np.ascontiguousarray(dc_n[index][packing.perm].T)
+                d_hidden = dh_n[index][packing.perm]
+                d_cell = dc_n[index][packing.perm]
                 d_bias = np.empty(4 * H, self.dtype)
                 _kernel.direction_backward(
                     grad_out, direction * P, bool(direction), packing.perm,
@@ -504,8 +508,8 @@ class LSTM:
                 if self.bias:
                     grad_params[f"bias_ih_{suffix}"][:] = d_bias
                     grad_params[f"bias_hh_{suffix}"][:] = d_bias
-                dh0[index][packing.perm] = d_hidden.T
-                dc0[index][packing.perm] = d_cell.T
+                dh0[index][packing.perm] = d_hidden
+                dc0[index][packing.perm] = d_cell
             d_input = np.zeros((batch, time, packed_x.shape[1]), self.dtype)
             _kernel.scatter_inputs(d_packed_x, packing.perm, packing.batch_sizes, d_input)
             if layer > 0 and cache.dropout_masks:

@@ -1,0 +1,110 @@
+/* Run-time dispatch for pylstm's SIMD recurrent step (float32).
+ *
+ * The build uses no -march flag: every SIMD function carries a GCC/Clang
+ * target attribute and is only called after __builtin_cpu_supports says the
+ * CPU has that instruction set. Level 0 ("portable") means the caller uses
+ * the BLAS + scalar-loop path, which runs on any x86-64.
+ *
+ * PYLSTM_SIMD=portable|avx2|avx512 caps the level (e.g. to test the portable
+ * path on a machine with AVX-512); it never raises it above what the CPU has.
+ */
+#ifndef PYLSTM_SIMD_H
+#define PYLSTM_SIMD_H
+
+#include <stdlib.h>
+#include <string.h>
+
+enum { PYLSTM_PORTABLE = 0, PYLSTM_AVX2 = 1, PYLSTM_AVX512 = 2 };
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define PYLSTM_HAVE_SIMD 1
+
+#define VW 16
+#define NR 6
+#define SFX avx512
+#define TARGET "avx512f,avx512dq,avx512vl,avx2,fma"
+#include "_simd_impl.h"
+#undef VW
+#undef NR
+#undef SFX
+#undef TARGET
+
+#define VW 8
+#define NR 3
+#define SFX avx2
+#define TARGET "avx2,fma"
+#include "_simd_impl.h"
+#undef VW
+#undef NR
+#undef SFX
+#undef TARGET
+#else
+#define PYLSTM_HAVE_SIMD 0
+#endif
+
+static int pylstm_cpu_level(void) {
+#if PYLSTM_HAVE_SIMD
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")
+        && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma"))
+        return PYLSTM_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return PYLSTM_AVX2;
+#endif
+    return PYLSTM_PORTABLE;
+}
+
+/* The level in use: what the CPU supports, capped by PYLSTM_SIMD. */
+static int pylstm_simd_level(void) {
+    int level = pylstm_cpu_level();
+    const char *cap = getenv("PYLSTM_SIMD");
+    if (cap != NULL) {
+        int wanted = strcmp(cap, "portable") == 0 ? PYLSTM_PORTABLE
+                   : strcmp(cap, "avx2") == 0 ? PYLSTM_AVX2 : level;
+        if (wanted < level) level = wanted;
+    }
+    return level;
+}
+
+/* Lanes per panel at a level; 0 for the portable path (no panels). */
+static int pylstm_panel_width(int level) {
+    return level == PYLSTM_AVX512 ? 16 : level == PYLSTM_AVX2 ? 8 : 0;
+}
+
+static long pylstm_packed_whh_size(int level, int H, int P) {
+    int width = pylstm_panel_width(level);
+    if (width == 0) return 0;
+    return (long)((H + width - 1) / width) * width * 4 * P;
+}
+
+static void pylstm_pack_whh(int level, int H, int P, const float *w_hh, float *packed) {
+#if PYLSTM_HAVE_SIMD
+    if (level == PYLSTM_AVX512) pylstm_pack_whh_avx512(H, P, w_hh, packed);
+    else if (level == PYLSTM_AVX2) pylstm_pack_whh_avx2(H, P, w_hh, packed);
+#endif
+}
+
+static void pylstm_step(int level, int H, int P, int live, const float *packed_whh,
+                        const float *bias, const float *h_prev, int ld_h_prev,
+                        float *gates, int ld_gates, int store_gates,
+                        float *cell, int ld_cell, float *cell_out, int ld_cell_out) {
+#if PYLSTM_HAVE_SIMD
+    if (level == PYLSTM_AVX512)
+        pylstm_step_avx512(H, P, live, packed_whh, bias, h_prev, ld_h_prev, gates, ld_gates,
+                           store_gates, cell, ld_cell, cell_out, ld_cell_out);
+    else if (level == PYLSTM_AVX2)
+        pylstm_step_avx2(H, P, live, packed_whh, bias, h_prev, ld_h_prev, gates, ld_gates,
+                         store_gates, cell, ld_cell, cell_out, ld_cell_out);
+#endif
+}
+
+/* Vector sigmoid (which=0) or tanh (which=1) at a level, for the tests. */
+static int pylstm_vector_activation(int level, int which, const float *x, float *out, long n) {
+#if PYLSTM_HAVE_SIMD
+    if (level == PYLSTM_AVX512) { pylstm_activations_avx512(which, x, out, n); return 0; }
+    if (level == PYLSTM_AVX2) { pylstm_activations_avx2(which, x, out, n); return 0; }
+#endif
+    return -1;
+}
+
+#endif /* PYLSTM_SIMD_H */

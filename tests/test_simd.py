@@ -1,0 +1,99 @@
+"""The SIMD recurrent kernel at every level this CPU has, against the NumPy oracle.
+
+Shapes are chosen to cover full unit blocks (8 or 16 lanes), a partial last
+block, full register tiles of batch rows and a partial last tile.
+"""
+import numpy as np
+import pytest
+
+import pylstm
+from pylstm import _kernel
+from reference import assert_close, reference_backward, reference_forward
+
+LEVELS = {"portable": 0, "avx2": 1, "avx512": 2}
+AVAILABLE = [name for name, level in LEVELS.items() if level <= _kernel.cpu_level()]
+
+
+@pytest.fixture(params=AVAILABLE)
+def simd(request, monkeypatch):
+    monkeypatch.setenv("PYLSTM_SIMD", request.param)
+    assert _kernel.simd_level() == LEVELS[request.param]
+    return request.param
+
+
+def test_env_var_caps_the_level(monkeypatch):
+    monkeypatch.setenv("PYLSTM_SIMD", "portable")
+    assert _kernel.simd_level() == 0
+    monkeypatch.delenv("PYLSTM_SIMD")
+    assert _kernel.simd_level() == _kernel.cpu_level()
+
+
+def _sigmoid64(v):
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-v))
+
+
+@pytest.mark.parametrize("which, exact", [(0, _sigmoid64), (1, np.tanh)])
+def test_vector_activations_are_accurate(which, exact):
+    """Documented bound: relative error below 2e-7 (a few float32 ulp)."""
+    x = np.concatenate([np.linspace(-30, 30, 100_003), [0.0, -0.0, 1e-30, -1e-30, 1e-6, 88.5,
+                                                      -88.5, 200.0, -200.0, 3e38, -3e38]])
+    x = x.astype(np.float32)
+    want = exact(x.astype(np.float64))
+    for name in AVAILABLE[1:]:
+        got = np.empty_like(x)
+        _kernel.vector_activation(LEVELS[name], which, x, got)
+        assert np.all(np.isfinite(got))
+        visible = np.abs(want) > 1e-30
+        rel = np.abs(got[visible] - want[visible]) / np.abs(want[visible])
+        assert rel.max() < 2e-7, (name, rel.max())
+        assert np.abs(got - want).max() < 1e-7
+
+
+@pytest.mark.parametrize("hidden, proj, batch, bidirectional, use_lengths", [
+    (16, 0, 1, False, False),     # one full 16-lane block, one row
+    (40, 0, 13, True, True),      # 2.5 blocks (AVX-512) / 5 blocks (AVX2); 2 full tiles + 1 row
+    (24, 0, 6, False, True),      # AVX-512 partial block only; one exact tile
+    (32, 12, 7, True, False),     # projection
+    (64, 0, 20, False, True),
+])
+def test_simd_forward_and_backward_match_reference(simd, hidden, proj, batch, bidirectional,
+                                                   use_lengths):
+    rng = np.random.default_rng(hidden * 1000 + batch)
+    layers, time, features = 2, 9, 5
+    lstm = pylstm.LSTM(features, hidden, layers, bidirectional=bidirectional, proj_size=proj,
+                       random_state=1)
+    params64 = {k: v.astype(np.float64) for k, v in lstm.state_dict().items()}
+    x = rng.standard_normal((batch, time, features)).astype(np.float32)
+    lengths = rng.integers(1, time + 1, size=batch) if use_lengths else None
+    config = dict(num_layers=layers, bidirectional=bidirectional, hidden_size=hidden,
+                  proj_size=proj)
+    want_out, want_h, want_c, tape = reference_forward(params64, x, lengths=lengths, **config)
+
+    out, (h_n, c_n) = lstm(x, lengths=lengths)
+    assert_close(out, want_out, 1e-5)
+    assert_close(h_n, want_h, 1e-5)
+    assert_close(c_n, want_c, 1e-5)
+
+    out_t, _, cache = lstm.forward_train(x, lengths=lengths)
+    assert_close(out_t, want_out, 1e-5)
+    grad_out = rng.standard_normal(out.shape).astype(np.float32)
+    grads = lstm.backward(cache, grad_out)
+    want_dx, _, want_dp = reference_backward(params64, tape, grad_out)
+    assert_close(grads.input, want_dx, 1e-4)
+    for name, value in want_dp.items():
+        assert_close(grads.params[name], value, 1e-4)
+
+
+def test_simd_levels_agree_on_a_long_sequence(monkeypatch):
+    """Errors must not grow over many steps: all levels agree with float64 to ~1e-5."""
+    rng = np.random.default_rng(0)
+    lstm = pylstm.LSTM(8, 48, random_state=0)
+    x = rng.standard_normal((5, 400, 8)).astype(np.float32)
+    lstm64 = pylstm.LSTM(8, 48, dtype=np.float64)
+    lstm64.load_state_dict(lstm.state_dict())
+    want, _ = lstm64(x)
+    for name in AVAILABLE:
+        monkeypatch.setenv("PYLSTM_SIMD", name)
+        got, _ = lstm(x)
+        assert np.abs(got - want).max() < 2e-5, name
