@@ -20,6 +20,8 @@ from ._validation import as_float_array, check_blas_size, check_lengths, resolve
 # while each chunk's GEMM stays large enough to run near BLAS's peak.
 _CHUNK_ROWS = 2048
 _MIN_CHUNK_STEPS = 8
+# From this batch size on, the SIMD step also computes the input term.
+_FUSE_MIN_BATCH = 4
 
 State = tuple[np.ndarray, np.ndarray]
 
@@ -83,9 +85,10 @@ class _TrainCache:
     shape: tuple[int, int]
     packing: _Packing
     packed_inputs: list[np.ndarray]               # per layer (N, I_k)
-    gates: list[np.ndarray]                        # per layer-direction (4H, N)
-    hidden_prev: list[np.ndarray]                  # per layer-direction (P, N)
-    cell_prev: list[np.ndarray]                    # per layer-direction (H, N)
+    gates: list[np.ndarray]                        # per layer-direction (N, 4H)
+    hidden_prev: list[np.ndarray]                  # per layer-direction (N, P)
+    cell_prev: list[np.ndarray]                    # per layer-direction (N, H)
+    tanh_cell: list[np.ndarray]                    # per layer-direction (N, H)
     dropout_masks: list[np.ndarray]                # per layer below the top (B, T, D*P)
     used: bool = field(default=False)
 
@@ -374,8 +377,11 @@ class LSTM:
         n_rows = packing.n_rows
         h_n = np.empty_like(h0)
         c_n = np.empty_like(c0)
-        cache = _TrainCache(self, (batch, time), packing, [], [], [], [], []) if train else None
+        cache = _TrainCache(self, (batch, time), packing, [], [], [], [], [], []) if train else None
         level = _kernel.simd_level() if self.dtype == np.float32 else 0
+        # Small batches keep one big GEMM for the input term: fusing it into the
+        # step would stream w_ih from cache at every step for a few rows only.
+        fuse_input = level > 0 and batch >= _FUSE_MIN_BATCH
         if train:
             chunk_steps, rows = time, n_rows
             hidden_scratch = None
@@ -405,17 +411,20 @@ class LSTM:
                     gates = np.empty((n_rows, 4 * H), self.dtype)
                     hidden_prev = np.empty((n_rows, P), self.dtype)
                     cell_prev = np.empty((n_rows, H), self.dtype)
+                    tanh_cell = np.empty((n_rows, H), self.dtype)
                     cache.gates.append(gates)
                     cache.hidden_prev.append(hidden_prev)
                     cache.cell_prev.append(cell_prev)
+                    cache.tanh_cell.append(tanh_cell)
                 else:
-                    hidden_prev = cell_prev = None
-                packed_whh = _kernel.pack_recurrent_weights(w_hh, H, level) if level else None
+                    hidden_prev = cell_prev = tanh_cell = None
+                panels = (_kernel.pack_weights(w_hh, w_ih if fuse_input else None, H, level)
+                          if level else None)
                 _kernel.direction_forward(
                     layer_input, packing.perm, packing.batch_sizes, packing.offsets,
-                    w_ih, w_hh, bias, w_hr, packed_whh, level, hidden, cell, out,
+                    w_ih, w_hh, bias, w_hr, panels, level, fuse_input, hidden, cell, out,
                     direction * P, bool(direction), chunk_steps, packed_x, train, gates,
-                    cell_out, hidden_scratch, hidden_prev, cell_prev)
+                    cell_out, hidden_scratch, hidden_prev, cell_prev, tanh_cell)
                 h_n[index][packing.perm] = hidden
                 c_n[index][packing.perm] = cell
             if train and self.dropout and layer < self.num_layers - 1:
@@ -501,7 +510,7 @@ class LSTM:
                     grad_out, direction * P, bool(direction), packing.perm,
                     packing.batch_sizes, packing.offsets, w_ih, w_hh, w_hr,
                     d_hidden, d_cell, cache.gates[index], cache.cell_prev[index],
-                    cache.hidden_prev[index], packed_x,
+                    cache.tanh_cell[index], cache.hidden_prev[index], packed_x,
                     grad_params[f"weight_ih_{suffix}"], grad_params[f"weight_hh_{suffix}"],
                     d_bias, grad_params.get(f"weight_hr_{suffix}"), d_packed_x,
                     direction > 0, d_cell_out, d_hidden_all, cell_out_all)

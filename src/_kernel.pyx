@@ -40,12 +40,14 @@ cdef extern from "_simd.h" nogil:
     int PYLSTM_PORTABLE, PYLSTM_AVX2, PYLSTM_AVX512
     int pylstm_cpu_level()
     int pylstm_simd_level()
-    long pylstm_packed_whh_size(int level, int H, int P)
-    void pylstm_pack_whh(int level, int H, int P, const float *w_hh, float *packed)
-    void pylstm_step(int level, int H, int P, int live, const float *packed_whh,
-                     const float *bias, const float *h_prev, int ld_h_prev,
-                     float *gates, int ld_gates, int store_gates,
-                     float *cell, int ld_cell, float *cell_out, int ld_cell_out)
+    long pylstm_packed_size(int level, int H, int P, int I)
+    void pylstm_pack_weights(int level, int H, int P, int I, const float *w_hh,
+                             const float *w_ih, float *packed)
+    void pylstm_step(int level, int live, int H, int P, int I, const float *panels,
+                     const float *bias, const float *h_prev, int ld_h,
+                     const float *x, int ld_x, float *gates, int ld_gates,
+                     int store_gates, float *cell, int ld_cell,
+                     float *cell_out, int ld_out, float *tanh_cell, int ld_tanh)
     int pylstm_vector_activation(int level, int which, const float *x, float *out, long n)
 
 
@@ -94,21 +96,25 @@ cdef void _add_output_grad(floating *d_hidden, Py_ssize_t P, Py_ssize_t live,
 
 cdef void _cell_forward(Py_ssize_t H, Py_ssize_t live, floating *gates,
                         const floating *bias, floating *cell,
-                        floating *cell_out) noexcept nogil:
+                        floating *cell_out, floating *tanh_cell) noexcept nogil:
     """[F3] Gates (live, 4H) pre-activations -> activations, in place; cell update.
 
     NumPy: i, f, o = sigmoid(z + bias); g = tanh(z + bias); c = f*c + i*g;
-    cell_out = o * tanh(c). ``cell`` and ``cell_out`` are (live, H).
+    cell_out = o * tanh(c). ``cell``, ``cell_out`` and (training only, else
+    NULL) ``tanh_cell`` = tanh(c) are (live, H).
     """
     cdef Py_ssize_t j, b
     cdef floating *z
     cdef floating *c_row
     cdef floating *r_row
-    cdef floating i, f, g, o, c
+    cdef floating *t_row = NULL
+    cdef floating i, f, g, o, c, tanh_c
     for b in range(live):
         z = gates + b * 4 * H
         c_row = cell + b * H
         r_row = cell_out + b * H
+        if tanh_cell != NULL:
+            t_row = tanh_cell + b * H
         for j in range(H):
             i = sigmoid(z[j] + bias[j])
             f = sigmoid(z[H + j] + bias[H + j])
@@ -120,15 +126,20 @@ cdef void _cell_forward(Py_ssize_t H, Py_ssize_t live, floating *gates,
             z[3 * H + j] = o
             c = f * c_row[j] + i * g
             c_row[j] = c
-            r_row[j] = o * tanh_(c)
+            tanh_c = tanh_(c)
+            r_row[j] = o * tanh_c
+            if t_row != NULL:
+                t_row[j] = tanh_c
 
 
 cdef void _cell_backward(Py_ssize_t H, Py_ssize_t live, floating *gates,
-                         const floating *cell_prev, const floating *d_cell_out,
-                         floating *d_cell, floating *cell_out) noexcept nogil:
+                         const floating *cell_prev, const floating *tanh_cell,
+                         const floating *d_cell_out, floating *d_cell,
+                         floating *cell_out) noexcept nogil:
     """[B3] Differentiates [F3]: activated gates (live, 4H) -> pre-activation grads, in place.
 
-    ``cell_prev`` (live, H) is c_{t-1}; ``d_cell_out`` (live, H) is
+    ``cell_prev`` (live, H) is c_{t-1} and ``tanh_cell`` (live, H) is
+    tanh(c_t), both kept by the forward pass; ``d_cell_out`` (live, H) is
     dL/d(o*tanh(c_t)); ``d_cell`` (live, H) carries dL/dc_t in and dL/dc_{t-1}
     out. If ``cell_out`` is not NULL, o*tanh(c_t) is written there (live, H),
     for the projection's weight gradient.
@@ -136,13 +147,15 @@ cdef void _cell_backward(Py_ssize_t H, Py_ssize_t live, floating *gates,
     cdef Py_ssize_t j, b
     cdef floating *z
     cdef const floating *cp_row
+    cdef const floating *tc_row
     cdef const floating *dr_row
     cdef floating *dc_row
     cdef floating *r_row = NULL
-    cdef floating i, f, g, o, c_prev, c, tanh_c, d_r, d_c
+    cdef floating i, f, g, o, c_prev, tanh_c, d_r, d_c
     for b in range(live):
         z = gates + b * 4 * H
         cp_row = cell_prev + b * H
+        tc_row = tanh_cell + b * H
         dr_row = d_cell_out + b * H
         dc_row = d_cell + b * H
         if cell_out != NULL:
@@ -153,8 +166,7 @@ cdef void _cell_backward(Py_ssize_t H, Py_ssize_t live, floating *gates,
             g = z[2 * H + j]
             o = z[3 * H + j]
             c_prev = cp_row[j]
-            c = f * c_prev + i * g          # recomputed: cheaper than storing c_t
-            tanh_c = tanh_(c)
+            tanh_c = tc_row[j]
             if r_row != NULL:
                 r_row[j] = o * tanh_c
             d_r = dr_row[j]
@@ -183,24 +195,27 @@ cdef void _row_sums(const floating *a, Py_ssize_t rows, Py_ssize_t cols,
 
 cdef void _direction_forward(
         Py_ssize_t B, Py_ssize_t T, Py_ssize_t I, Py_ssize_t H, Py_ssize_t P,
-        bint reverse, Py_ssize_t chunk_steps, int level,
+        bint reverse, Py_ssize_t chunk_steps, int level, bint fuse_input,
         const floating *x, const Py_ssize_t *perm,
         const Py_ssize_t *batch_sizes, const Py_ssize_t *offsets,
         const floating *w_ih, const floating *w_hh, const floating *bias,
-        const floating *w_hr, const float *packed_whh,
+        const floating *w_hr, const float *panels,
         floating *hidden, floating *cell,
         floating *out, Py_ssize_t out_width, Py_ssize_t out_col,
         floating *packed_x, bint x_is_packed, floating *gates,
         floating *cell_out, floating *hidden_scratch,
-        floating *hidden_prev, floating *cell_prev) noexcept nogil:
+        floating *hidden_prev, floating *cell_prev, floating *tanh_cell) noexcept nogil:
     """Run one direction over all steps, in chunks of ``chunk_steps`` time steps.
 
     For training, one chunk spans all T steps (chunk_steps >= T), ``packed_x``
     (N, I) and ``gates`` (N, 4H) are kept for backward, and ``hidden_prev``
-    (N, P) and ``cell_prev`` (N, H) record the state each step started from.
-    For inference those two are NULL, the step reads the previous hidden state
+    (N, P), ``cell_prev`` (N, H) record the state each step started from and
+    ``tanh_cell`` (N, H) the tanh of the cell it ended with.
+    For inference those are NULL, the step reads the previous hidden state
     from ``hidden_scratch`` (B, P), and the chunk buffers are reused, so memory
     does not grow with T.
+    With ``fuse_input`` (SIMD levels only) the step computes the input term
+    itself from ``panels`` = packed [w_hh | w_ih], and [F1] is skipped.
     """
     cdef Py_ssize_t G = 4 * H
     cdef Py_ssize_t n_chunks = (T + chunk_steps - 1) // chunk_steps
@@ -208,6 +223,7 @@ cdef void _direction_forward(
     cdef bint projects = w_hr != NULL
     cdef floating *r = cell_out if projects else hidden
     cdef floating *h_prev
+    cdef floating *tanh_rows = NULL
     cdef bint simd = floating is float and level != PYLSTM_PORTABLE
     for chunk in range(n_chunks):
         # Chunks (and steps in them) go forward in time, or backward for the
@@ -222,8 +238,9 @@ cdef void _direction_forward(
         n_rows = offsets[t_end] - base
         if not x_is_packed:
             _gather_inputs(x, T, I, perm, batch_sizes, t_begin, t_end, packed_x)
-        # [F1] gates = packed_x @ w_ih.T : (n_rows, I) @ (I, 4H)
-        gemm(NoTrans, Trans, n_rows, G, I, 1, packed_x, I, w_ih, I, 0, gates, G)
+        if not (simd and fuse_input):
+            # [F1] gates = packed_x @ w_ih.T : (n_rows, I) @ (I, 4H)
+            gemm(NoTrans, Trans, n_rows, G, I, 1, packed_x, I, w_ih, I, 0, gates, G)
         for step in range(t_end - t_begin):
             t = t_end - 1 - step if reverse else t_begin + step
             live = batch_sizes[t]
@@ -231,21 +248,25 @@ cdef void _direction_forward(
             # The step reads h_{t-1} from a copy, so it can write h_t in place.
             if hidden_prev != NULL:     # training: one chunk, so row is the packed row
                 h_prev = hidden_prev + row * P
+                tanh_rows = tanh_cell + row * H
                 memcpy(cell_prev + row * H, cell, live * H * sizeof(floating))
             else:
                 h_prev = hidden_scratch
             memcpy(h_prev, hidden, live * P * sizeof(floating))
             if simd:
-                # [F2]+[F3] fused: gates[rows] += h_prev @ w_hh.T, then activations
-                pylstm_step(level, H, P, live, packed_whh, <const float *> bias,
-                            <const float *> h_prev, P, <float *> gates + row * G, G,
-                            hidden_prev != NULL, <float *> cell, H, <float *> r, H)
+                # [F1]+[F2]+[F3] fused: z = h_prev @ w_hh.T (+ x @ w_ih.T) + bias,
+                # activations and cell update while the tile is in registers
+                pylstm_step(level, live, H, P, I if fuse_input else 0, panels,
+                            <const float *> bias, <const float *> h_prev, P,
+                            <const float *> packed_x + row * I, I,
+                            <float *> gates + row * G, G, hidden_prev != NULL,
+                            <float *> cell, H, <float *> r, H, <float *> tanh_rows, H)
             else:
                 # [F2] gates[rows] += h_prev @ w_hh.T : (live, P) @ (P, 4H)
                 gemm(NoTrans, Trans, live, G, P, 1, h_prev, P, w_hh, P,
                      1, gates + row * G, G)
                 # [F3] activations and cell update; r = o * tanh(c)
-                _cell_forward(H, live, gates + row * G, bias, cell, r)
+                _cell_forward(H, live, gates + row * G, bias, cell, r, tanh_rows)
             if projects:
                 # [F4] hidden = r @ w_hr.T : (live, H) @ (H, P)
                 gemm(NoTrans, Trans, live, P, H, 1, r, H, w_hr, H, 0, hidden, P)
@@ -263,15 +284,16 @@ cdef void _direction_backward(
         const Py_ssize_t *batch_sizes, const Py_ssize_t *offsets,
         const floating *w_ih, const floating *w_hh, const floating *w_hr,
         floating *d_hidden, floating *d_cell, floating *gates,
-        const floating *cell_prev, const floating *hidden_prev,
-        const floating *packed_x,
+        const floating *cell_prev, const floating *tanh_cell,
+        const floating *hidden_prev, const floating *packed_x,
         floating *d_w_ih, floating *d_w_hh, floating *d_bias, floating *d_w_hr,
         floating *d_packed_x, floating beta_dx,
         floating *d_cell_out, floating *d_hidden_all, floating *cell_out_all) noexcept nogil:
     """Backpropagate one direction through time; weight gradients after the loop.
 
     In: ``d_hidden`` (B, P) and ``d_cell`` (B, H) hold dL/dh_n, dL/dc_n;
-    ``gates`` (N, 4H) the activated gates of the forward pass.
+    ``gates`` (N, 4H), ``cell_prev`` and ``tanh_cell`` (N, H), ``hidden_prev``
+    (N, P) and ``packed_x`` (N, I) come from the training forward pass.
     Out: d_hidden, d_cell hold dL/dh0, dL/dc0; ``gates`` holds dL/d(pre-activations);
     weight gradients are overwritten; ``d_packed_x`` = dL/d(packed input) + beta_dx * d_packed_x.
     """
@@ -291,8 +313,8 @@ cdef void _direction_backward(
             memcpy(d_hidden_all + row * P, d_hidden, live * P * sizeof(floating))
             gemm(NoTrans, NoTrans, live, H, P, 1, d_hidden, P, w_hr, H, 0, d_r, H)
         # [B3] gate and cell gradients, in place in gates[rows]
-        _cell_backward(H, live, gates + row * G, cell_prev + row * H, d_r, d_cell,
-                       cell_out_all + row * H if projects else NULL)
+        _cell_backward(H, live, gates + row * G, cell_prev + row * H, tanh_cell + row * H,
+                       d_r, d_cell, cell_out_all + row * H if projects else NULL)
         # [B2] d_hidden[:live] = d_gates @ w_hh : (live, 4H) @ (4H, P)
         gemm(NoTrans, NoTrans, live, P, G, 1, gates + row * G, G, w_hh, P, 0, d_hidden, P)
     # [B1] d_w_ih = d_gates.T @ packed_x : (4H, N) @ (N, I)
@@ -327,17 +349,25 @@ def cpu_level():
     return pylstm_cpu_level()
 
 
-def pack_recurrent_weights(const float[:, ::1] w_hh, int hidden_size, int level):
-    """Pack w_hh (4H, P) into the SIMD kernel's panels; None on the portable path."""
+def pack_weights(const float[:, ::1] w_hh, const float[:, ::1] w_ih, int hidden_size,
+                 int level):
+    """Pack w_hh (4H, P), and w_ih (4H, I) unless None, into the SIMD step's panels.
+
+    Returns None on the portable path (level 0).
+    """
     import numpy as np
     cdef int P = w_hh.shape[1]
-    cdef long size = pylstm_packed_whh_size(level, hidden_size, P)
+    cdef int I = 0 if w_ih is None else w_ih.shape[1]
+    cdef long size = pylstm_packed_size(level, hidden_size, P, I)
     if size == 0:
         return None
     packed = np.empty(size, dtype=np.float32)
     cdef float[::1] packed_view = packed
+    cdef const float *w_ih_ptr = NULL
+    if w_ih is not None:
+        w_ih_ptr = &w_ih[0, 0]
     with nogil:
-        pylstm_pack_whh(level, hidden_size, P, &w_hh[0, 0], &packed_view[0])
+        pylstm_pack_weights(level, hidden_size, P, I, &w_hh[0, 0], w_ih_ptr, &packed_view[0])
     return packed
 
 
@@ -357,8 +387,9 @@ def direction_forward(const floating[:, :, ::1] x,
                       const floating[:, ::1] w_hh,
                       const floating[::1] bias,
                       const floating[:, ::1] w_hr,
-                      const float[::1] packed_whh,
+                      const float[::1] panels,
                       int level,
+                      bint fuse_input,
                       floating[:, ::1] hidden,
                       floating[:, ::1] cell,
                       floating[:, :, ::1] out,
@@ -371,18 +402,19 @@ def direction_forward(const floating[:, :, ::1] x,
                       floating[:, ::1] cell_out,
                       floating[:, ::1] hidden_scratch,
                       floating[:, ::1] hidden_prev,
-                      floating[:, ::1] cell_prev):
+                      floating[:, ::1] cell_prev,
+                      floating[:, ::1] tanh_cell):
     """Forward one layer direction; see the module docstring for shapes.
 
     x (B, T, I) batch-first; hidden (B, P) and cell (B, H) hold the sorted
     initial state and receive the final state; out (B, T, width) receives
     columns out_col:out_col+P. packed_x (rows, I) and gates (rows, 4H) are
     workspaces of at least ``chunk_steps * B`` rows, or all N rows (with
-    x_is_packed, packed_x already filled) for training. packed_whh comes from
-    ``pack_recurrent_weights`` at the same ``level`` (float32 only; None for
-    the portable path). cell_out (B, H) is needed when projecting;
-    hidden_scratch (B, P) for inference; hidden_prev (N, P) / cell_prev (N, H)
-    only for training.
+    x_is_packed, packed_x already filled) for training. ``panels`` comes from
+    ``pack_weights`` at the same ``level``, with w_ih included iff
+    ``fuse_input`` (float32 only; None for the portable path). cell_out (B, H)
+    is needed when projecting; hidden_scratch (B, P) for inference;
+    hidden_prev (N, P), cell_prev and tanh_cell (N, H) only for training.
     """
     cdef Py_ssize_t B = x.shape[0]
     cdef Py_ssize_t T = x.shape[1]
@@ -392,23 +424,25 @@ def direction_forward(const floating[:, :, ::1] x,
     cdef const floating *w_hr_ptr = NULL
     if w_hr is not None and w_hr.shape[0] > 0:
         w_hr_ptr = &w_hr[0, 0]
-    cdef const float *packed_ptr = NULL
-    if floating is float and packed_whh is not None:
-        packed_ptr = &packed_whh[0]
+    cdef const float *panels_ptr = NULL
+    if floating is float and panels is not None:
+        panels_ptr = &panels[0]
     else:
         level = PYLSTM_PORTABLE
     cdef floating *hidden_prev_ptr = _ptr_or_null(hidden_prev)
     cdef floating *cell_prev_ptr = _ptr_or_null(cell_prev)
     cdef floating *cell_out_ptr = _ptr_or_null(cell_out)
     cdef floating *scratch_ptr = _ptr_or_null(hidden_scratch)
+    cdef floating *tanh_cell_ptr = _ptr_or_null(tanh_cell)
     with nogil:
-        _direction_forward(B, T, I, H, P, reverse, chunk_steps, level, &x[0, 0, 0],
-                           &perm[0], &batch_sizes[0], &offsets[0],
-                           &w_ih[0, 0], &w_hh[0, 0], &bias[0], w_hr_ptr, packed_ptr,
+        _direction_forward(B, T, I, H, P, reverse, chunk_steps, level, fuse_input,
+                           &x[0, 0, 0], &perm[0], &batch_sizes[0], &offsets[0],
+                           &w_ih[0, 0], &w_hh[0, 0], &bias[0], w_hr_ptr, panels_ptr,
                            &hidden[0, 0], &cell[0, 0],
                            &out[0, 0, 0], out.shape[2], out_col,
                            &packed_x[0, 0], x_is_packed, &gates[0, 0],
-                           cell_out_ptr, scratch_ptr, hidden_prev_ptr, cell_prev_ptr)
+                           cell_out_ptr, scratch_ptr, hidden_prev_ptr, cell_prev_ptr,
+                           tanh_cell_ptr)
 
 
 def direction_backward(const floating[:, :, ::1] grad_out,
@@ -424,6 +458,7 @@ def direction_backward(const floating[:, :, ::1] grad_out,
                        floating[:, ::1] d_cell,
                        floating[:, ::1] gates,
                        const floating[:, ::1] cell_prev,
+                       const floating[:, ::1] tanh_cell,
                        const floating[:, ::1] hidden_prev,
                        const floating[:, ::1] packed_x,
                        floating[:, ::1] d_w_ih,
@@ -437,8 +472,9 @@ def direction_backward(const floating[:, :, ::1] grad_out,
                        floating[:, ::1] cell_out_all):
     """Backward one layer direction; see ``_direction_backward`` for the contract.
 
-    grad_out (B, T, width) is dL/d(out); gates (N, 4H), cell_prev (N, H),
-    hidden_prev (N, P), packed_x (N, I) come from the training forward pass.
+    grad_out (B, T, width) is dL/d(out); gates (N, 4H), cell_prev and
+    tanh_cell (N, H), hidden_prev (N, P), packed_x (N, I) come from the
+    training forward pass.
     d_cell_out (B, H), d_hidden_all (N, P), cell_out_all (N, H) are
     workspaces used only when projecting (w_hr non-empty).
     """
@@ -461,7 +497,8 @@ def direction_backward(const floating[:, :, ::1] grad_out,
                             &perm[0], &batch_sizes[0], &offsets[0],
                             &w_ih[0, 0], &w_hh[0, 0], w_hr_ptr,
                             &d_hidden[0, 0], &d_cell[0, 0], &gates[0, 0],
-                            &cell_prev[0, 0], &hidden_prev[0, 0], &packed_x[0, 0],
+                            &cell_prev[0, 0], &tanh_cell[0, 0], &hidden_prev[0, 0],
+                            &packed_x[0, 0],
                             &d_w_ih[0, 0], &d_w_hh[0, 0], &d_bias[0], d_w_hr_ptr,
                             &d_packed_x[0, 0], beta_dx,
                             d_cell_out_ptr, d_hidden_all_ptr, cell_out_all_ptr)

@@ -71,30 +71,39 @@ static int pylstm_panel_width(int level) {
     return level == PYLSTM_AVX512 ? 16 : level == PYLSTM_AVX2 ? 8 : 0;
 }
 
-static long pylstm_packed_whh_size(int level, int H, int P) {
+static long pylstm_packed_size(int level, int H, int P, int I) {
     int width = pylstm_panel_width(level);
     if (width == 0) return 0;
-    return (long)((H + width - 1) / width) * width * 4 * P;
+    return (long)((H + width - 1) / width) * width * 4 * (P + I);
 }
 
-static void pylstm_pack_whh(int level, int H, int P, const float *w_hh, float *packed) {
+/* Pack w_hh (4H, P) and optionally w_ih (4H, I) (I = 0: none) for pylstm_step. */
+static void pylstm_pack_weights(int level, int H, int P, int I, const float *w_hh,
+                                const float *w_ih, float *packed) {
 #if PYLSTM_HAVE_SIMD
-    if (level == PYLSTM_AVX512) pylstm_pack_whh_avx512(H, P, w_hh, packed);
-    else if (level == PYLSTM_AVX2) pylstm_pack_whh_avx2(H, P, w_hh, packed);
+    if (level == PYLSTM_AVX512) pylstm_pack_weights_avx512(H, P, I, w_hh, w_ih, packed);
+    else if (level == PYLSTM_AVX2) pylstm_pack_weights_avx2(H, P, I, w_hh, w_ih, packed);
 #endif
 }
 
-static void pylstm_step(int level, int H, int P, int live, const float *packed_whh,
-                        const float *bias, const float *h_prev, int ld_h_prev,
-                        float *gates, int ld_gates, int store_gates,
-                        float *cell, int ld_cell, float *cell_out, int ld_cell_out) {
+/* One fused step at a level; see _simd_impl.h for what each argument holds.
+ * I > 0 computes the input term here from x; I == 0 reads it from gates. */
+static void pylstm_step(int level, int live, int H, int P, int I, const float *panels,
+                        const float *bias, const float *h_prev, int ld_h,
+                        const float *x, int ld_x, float *gates, int ld_gates,
+                        int store_gates, float *cell, int ld_cell,
+                        float *cell_out, int ld_out, float *tanh_cell, int ld_tanh) {
 #if PYLSTM_HAVE_SIMD
-    if (level == PYLSTM_AVX512)
-        pylstm_step_avx512(H, P, live, packed_whh, bias, h_prev, ld_h_prev, gates, ld_gates,
-                           store_gates, cell, ld_cell, cell_out, ld_cell_out);
-    else if (level == PYLSTM_AVX2)
-        pylstm_step_avx2(H, P, live, packed_whh, bias, h_prev, ld_h_prev, gates, ld_gates,
-                         store_gates, cell, ld_cell, cell_out, ld_cell_out);
+#define PYLSTM_ARGS {H, P, I, panels, bias, h_prev, ld_h, x, ld_x, gates, ld_gates, \
+                     store_gates, cell, ld_cell, cell_out, ld_out, tanh_cell, ld_tanh}
+    if (level == PYLSTM_AVX512) {
+        pylstm_step_args_avx512 args = PYLSTM_ARGS;
+        pylstm_step_avx512(&args, live);
+    } else if (level == PYLSTM_AVX2) {
+        pylstm_step_args_avx2 args = PYLSTM_ARGS;
+        pylstm_step_avx2(&args, live);
+    }
+#undef PYLSTM_ARGS
 #endif
 }
 

@@ -6,7 +6,9 @@
  *   TARGET  the GCC/Clang target attribute string
  *
  * The step computes, for the live rows b of one time step (NumPy terms):
- *   z = gates[b] + h_prev[b] @ w_hh.T + bias          (4H,)  [F2]
+ *   z = h_prev[b] @ w_hh.T + x[b] @ w_ih.T + bias     (4H,)  [F1]+[F2]
+ * where the input term is either already in gates[b] (computed for many
+ * steps by one BLAS GEMM) or, when x is given, computed here too.
  *   i, f, o = sigmoid(z_i, z_f, z_o); g = tanh(z_g)          [F3]
  *   c[b] = f * c[b] + i * g;  r[b] = o * tanh(c[b])
  * A register tile holds the i, f, g and o accumulators of the same VW
@@ -97,28 +99,46 @@ FN(pylstm_activations)(int which, const float *x, float *out, long n) {
     }
 }
 
-/* Pack w_hh (4H, P) into panels of VW units: packed[u][k][gate][lane] =
- * w_hh[gate * H + u * VW + lane, k], zero for units >= H. */
+/* Pack w_hh (4H, P) and, if I > 0, w_ih (4H, I) into panels of VW units:
+ * panel u holds K = P + I rows of 4 * VW floats, row k = (gate, lane) ->
+ * w_hh[gate * H + u * VW + lane, k] for k < P, then w_ih[..., k - P];
+ * zero for units >= H. The panels are one contiguous stream. */
 __attribute__((target(TARGET))) static void
-FN(pylstm_pack_whh)(int H, int P, const float *w_hh, float *packed) {
-    int n_blocks = (H + VW - 1) / VW;
+FN(pylstm_pack_weights)(int H, int P, int I, const float *w_hh, const float *w_ih,
+                        float *packed) {
+    int n_blocks = (H + VW - 1) / VW, K = P + I;
     for (int u = 0; u < n_blocks; ++u)
-        for (int k = 0; k < P; ++k)
+        for (int k = 0; k < K; ++k)
             for (int gate = 0; gate < 4; ++gate)
                 for (int lane = 0; lane < VW; ++lane) {
                     int unit = u * VW + lane;
-                    packed[(((long)u * P + k) * 4 + gate) * VW + lane] =
-                        unit < H ? w_hh[((long)gate * H + unit) * P + k] : 0.0f;
+                    float value = 0.0f;
+                    if (unit < H)
+                        value = k < P ? w_hh[((long)gate * H + unit) * P + k]
+                                      : w_ih[((long)gate * H + unit) * I + (k - P)];
+                    packed[(((long)u * K + k) * 4 + gate) * VW + lane] = value;
                 }
 }
 
+/* Arguments of one step, shared by every tile of it. */
+typedef struct {
+    int H, P, I;                     /* units, recurrent inputs, fused inputs (0: none) */
+    const float *panels;             /* pylstm_pack_weights(H, P, I, ...) */
+    const float *bias;               /* (4H,) */
+    const float *h_prev; int ld_h;   /* (live, P) */
+    const float *x; int ld_x;        /* (live, I) when I > 0 */
+    float *gates; int ld_gates;      /* (live, 4H): input term in (if I == 0), activations out */
+    int store_gates;                 /* training: keep i, f, g, o for backward */
+    float *cell; int ld_cell;        /* (live, H) in/out */
+    float *cell_out; int ld_out;     /* (live, H) out: o * tanh(c) */
+    float *tanh_cell; int ld_tanh;   /* (live, H) out: tanh(c), training only (else NULL) */
+} FN(pylstm_step_args);
+
 /* One register tile: units [u*VW, u*VW + width) of rows [row0, row0 + nr). */
 __attribute__((target(TARGET), always_inline)) static inline void
-FN(tile)(const int nr, int H, int P, int width, int u, int row0,
-         const float *panel, const float *bias,
-         const float *h_prev, int ld_h_prev,
-         float *gates, int ld_gates, int store_gates,
-         float *cell, int ld_cell, float *cell_out, int ld_cell_out) {
+FN(tile)(const int nr, const FN(pylstm_step_args) *a, int u, int width, int row0) {
+    const int H = a->H, P = a->P, K = a->P + a->I;
+    const float *panel = a->panels + (long)u * K * 4 * VW;
     VEC acc[4][NR];
     for (int b = 0; b < nr; ++b)
         for (int gate = 0; gate < 4; ++gate) acc[gate][b] = (VEC){0};
@@ -128,88 +148,80 @@ FN(tile)(const int nr, int H, int P, int width, int u, int row0,
         VEC w_i = FN(load)(w), w_f = FN(load)(w + VW);
         VEC w_g = FN(load)(w + 2 * VW), w_o = FN(load)(w + 3 * VW);
         for (int b = 0; b < nr; ++b) {
-            float h = h_prev[(long)(row0 + b) * ld_h_prev + k];
+            float h = a->h_prev[(long)(row0 + b) * a->ld_h + k];
             acc[0][b] += w_i * h;
             acc[1][b] += w_f * h;
             acc[2][b] += w_g * h;
             acc[3][b] += w_o * h;
         }
     }
-    /* [F3] epilogue: + input projection + bias, activations, cell update */
-    int unit0 = u * VW;
-    for (int b = 0; b < nr; ++b) {
-        float *z = gates + (long)(row0 + b) * ld_gates + unit0;
-        float *c_row = cell + (long)(row0 + b) * ld_cell + unit0;
-        float *r_row = cell_out + (long)(row0 + b) * ld_cell_out + unit0;
-        VEC zi, zf, zg, zo, c;
-        if (width == VW) {
-            zi = acc[0][b] + FN(load)(z) + FN(load)(bias + unit0);
-            zf = acc[1][b] + FN(load)(z + H) + FN(load)(bias + H + unit0);
-            zg = acc[2][b] + FN(load)(z + 2 * H) + FN(load)(bias + 2 * H + unit0);
-            zo = acc[3][b] + FN(load)(z + 3 * H) + FN(load)(bias + 3 * H + unit0);
-            c = FN(load)(c_row);
-        } else {
-            zi = acc[0][b] + FN(load_part)(z, width) + FN(load_part)(bias + unit0, width);
-            zf = acc[1][b] + FN(load_part)(z + H, width) + FN(load_part)(bias + H + unit0, width);
-            zg = acc[2][b] + FN(load_part)(z + 2 * H, width)
-                 + FN(load_part)(bias + 2 * H + unit0, width);
-            zo = acc[3][b] + FN(load_part)(z + 3 * H, width)
-                 + FN(load_part)(bias + 3 * H + unit0, width);
-            c = FN(load_part)(c_row, width);
-        }
-        VEC i = FN(vsigmoid)(zi), f = FN(vsigmoid)(zf), g = FN(vtanh)(zg), o = FN(vsigmoid)(zo);
-        c = f * c + i * g;
-        VEC r = o * FN(vtanh)(c);
-        if (width == VW) {
-            FN(store)(c_row, c);
-            FN(store)(r_row, r);
-            if (store_gates) {
-                FN(store)(z, i); FN(store)(z + H, f); FN(store)(z + 2 * H, g); FN(store)(z + 3 * H, o);
-            }
-        } else {
-            FN(store_part)(c_row, c, width);
-            FN(store_part)(r_row, r, width);
-            if (store_gates) {
-                FN(store_part)(z, i, width); FN(store_part)(z + H, f, width);
-                FN(store_part)(z + 2 * H, g, width); FN(store_part)(z + 3 * H, o, width);
-            }
+    /* [F1] fused: acc[gate][b] += w_ih[gate units, k] * x[row0 + b, k] */
+    for (int k = P; k < K; ++k) {
+        const float *w = panel + (long)k * 4 * VW;
+        VEC w_i = FN(load)(w), w_f = FN(load)(w + VW);
+        VEC w_g = FN(load)(w + 2 * VW), w_o = FN(load)(w + 3 * VW);
+        for (int b = 0; b < nr; ++b) {
+            float x = a->x[(long)(row0 + b) * a->ld_x + (k - P)];
+            acc[0][b] += w_i * x;
+            acc[1][b] += w_f * x;
+            acc[2][b] += w_g * x;
+            acc[3][b] += w_o * x;
         }
     }
+    /* [F3] epilogue: (+ input term) + bias, activations, cell update */
+    const int unit0 = u * VW;
+    const int full = width == VW;
+#define LOAD(p) (full ? FN(load)(p) : FN(load_part)((p), width))
+#define STORE(p, v) do { if (full) FN(store)((p), (v)); else FN(store_part)((p), (v), width); } while (0)
+    VEC bias_i = LOAD(a->bias + unit0), bias_f = LOAD(a->bias + H + unit0);
+    VEC bias_g = LOAD(a->bias + 2 * H + unit0), bias_o = LOAD(a->bias + 3 * H + unit0);
+    for (int b = 0; b < nr; ++b) {
+        long row = row0 + b;
+        float *z = a->gates + row * a->ld_gates + unit0;
+        float *c_row = a->cell + row * a->ld_cell + unit0;
+        VEC zi = acc[0][b] + bias_i, zf = acc[1][b] + bias_f;
+        VEC zg = acc[2][b] + bias_g, zo = acc[3][b] + bias_o;
+        if (a->I == 0) {
+            zi += LOAD(z); zf += LOAD(z + H); zg += LOAD(z + 2 * H); zo += LOAD(z + 3 * H);
+        }
+        VEC i = FN(vsigmoid)(zi), f = FN(vsigmoid)(zf), g = FN(vtanh)(zg), o = FN(vsigmoid)(zo);
+        VEC c = f * LOAD(c_row) + i * g;
+        VEC tanh_c = FN(vtanh)(c);
+        STORE(c_row, c);
+        STORE(a->cell_out + row * a->ld_out + unit0, o * tanh_c);
+        if (a->store_gates) {
+            STORE(z, i); STORE(z + H, f); STORE(z + 2 * H, g); STORE(z + 3 * H, o);
+        }
+        if (a->tanh_cell != NULL) STORE(a->tanh_cell + row * a->ld_tanh + unit0, tanh_c);
+    }
+#undef LOAD
+#undef STORE
 }
 
-/* [F2]+[F3] for one time step over rows [0, live). See the header comment. */
+/* [F1]+[F2]+[F3] for one time step over rows [0, live). */
 __attribute__((target(TARGET))) static void
-FN(pylstm_step)(int H, int P, int live, const float *packed_whh, const float *bias,
-                const float *h_prev, int ld_h_prev, float *gates, int ld_gates,
-                int store_gates, float *cell, int ld_cell,
-                float *cell_out, int ld_cell_out) {
-    int n_blocks = (H + VW - 1) / VW;
+FN(pylstm_step)(const FN(pylstm_step_args) *a, int live) {
+    int n_blocks = (a->H + VW - 1) / VW;
     for (int u = 0; u < n_blocks; ++u) {
-        const float *panel = packed_whh + (long)u * P * 4 * VW;
-        int width = H - u * VW < VW ? H - u * VW : VW;
+        int width = a->H - u * VW < VW ? a->H - u * VW : VW;
         int row0 = 0;
         /* full tiles of NR rows, then one tile of the remaining rows; each
          * call has a constant row count so the tile unrolls into registers */
-        for (; row0 + NR <= live; row0 += NR)
-            FN(tile)(NR, H, P, width, u, row0, panel, bias, h_prev, ld_h_prev,
-                     gates, ld_gates, store_gates, cell, ld_cell, cell_out, ld_cell_out);
+        for (; row0 + NR <= live; row0 += NR) FN(tile)(NR, a, u, width, row0);
         switch (live - row0) {
-#define PYLSTM_TAIL(n) case n: FN(tile)(n, H, P, width, u, row0, panel, bias, h_prev, \
-    ld_h_prev, gates, ld_gates, store_gates, cell, ld_cell, cell_out, ld_cell_out); break;
-            PYLSTM_TAIL(1)
+            case 1: FN(tile)(1, a, u, width, row0); break;
 #if NR > 2
-            PYLSTM_TAIL(2)
+            case 2: FN(tile)(2, a, u, width, row0); break;
 #endif
 #if NR > 3
-            PYLSTM_TAIL(3)
+            case 3: FN(tile)(3, a, u, width, row0); break;
 #endif
 #if NR > 4
-            PYLSTM_TAIL(4)
+            case 4: FN(tile)(4, a, u, width, row0); break;
 #endif
 #if NR > 5
-            PYLSTM_TAIL(5)
+            case 5: FN(tile)(5, a, u, width, row0); break;
 #endif
-#undef PYLSTM_TAIL
             default: break;
         }
     }
