@@ -7,6 +7,7 @@ layer and direction; the time loop runs in compiled code without the GIL.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
@@ -24,6 +25,7 @@ _MIN_CHUNK_STEPS = 8
 _FUSE_MIN_BATCH = 4
 
 State = tuple[np.ndarray, np.ndarray]
+_STATE_DIMS = "(num_layers * num_directions, batch, size)"
 
 
 @dataclass
@@ -164,7 +166,41 @@ class LSTM:
         self._layout = list(self._parameter_shapes())
         self._flat = np.empty(sum(math.prod(s) for _, s in self._layout), dtype=self.dtype)
         self._params = _views(self._flat, self._layout)
+        self._init_weight_cache()
         self.reset_parameters()
+
+    # ------------------------------------------------------------------ weight cache
+    # Inference reuses weights prepared for the kernel (packed SIMD panels,
+    # summed biases). They are rebuilt whenever the parameters may have
+    # changed: after any write through this class, and for as long as a
+    # writable view handed out by parameters() or flat_parameters is alive.
+    def _init_weight_cache(self) -> None:
+        self._version = 0
+        self._writable_views: weakref.WeakSet = weakref.WeakSet()
+        self._cache: dict[Any, Any] = {}
+        self._cache_version = -1
+
+    def _params_changed(self) -> None:
+        self._version += 1
+
+    def _track(self, view: np.ndarray) -> np.ndarray:
+        self._writable_views.add(view)
+        self._params_changed()
+        return view
+
+    def _prepared(self, key: Any, build: Any) -> Any:
+        """Kernel-ready weights for ``key``, from the cache when it is valid."""
+        if len(self._writable_views):
+            return build()
+        cache = self._cache
+        if self._cache_version != self._version:
+            cache = {}
+        value = cache.get(key)
+        if value is None:
+            value = build()
+            cache = {**cache, key: value}  # replace, not mutate: readers may be in other threads
+            self._cache, self._cache_version = cache, self._version
+        return value
 
     # ------------------------------------------------------------------ shape facts
     @property
@@ -199,21 +235,24 @@ class LSTM:
         """Draw every parameter from U(-1/sqrt(H), 1/sqrt(H)), as torch does."""
         bound = 1.0 / math.sqrt(self.hidden_size)
         self._flat[:] = self._rng.uniform(-bound, bound, size=self._flat.shape)
+        self._params_changed()
 
     def parameters(self) -> dict[str, np.ndarray]:
-        """Live parameter arrays by torch name (views into :attr:`flat_parameters`)."""
-        return dict(self._params)
+        """Live, writable parameter arrays by torch name (views into :attr:`flat_parameters`)."""
+        return {name: self._track(view) for name, view in _views(self._flat, self._layout).items()}
 
     @property
     def flat_parameters(self) -> np.ndarray:
-        """All parameters as one live vector, in the order of :meth:`parameters`."""
-        return self._flat
+        """All parameters as one live, writable vector, in the order of :meth:`parameters`."""
+        return self._track(self._flat[:])
 
     @flat_parameters.setter
     def flat_parameters(self, value: Any) -> None:
         # In-place operators (lstm.flat_parameters -= step) land here after
         # updating the vector itself; plain assignment copies values in.
-        if value is self._flat:
+        self._params_changed()
+        if isinstance(value, np.ndarray) and value.base is self._flat \
+                and value.shape == self._flat.shape:
             return
         value = as_float_array(value, "flat_parameters", self.dtype, 1)
         if value.shape != self._flat.shape:
@@ -246,6 +285,7 @@ class LSTM:
             converted[name] = value
         for name, value in converted.items():
             self._params[name][...] = value
+        self._params_changed()
 
     @classmethod
     def from_torch(cls, module: Any, dtype: Any = None) -> "LSTM":
@@ -276,12 +316,15 @@ class LSTM:
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        del state["_params"]  # views into _flat; rebuilt on load so they stay views
+        # views into _flat are rebuilt on load so they stay views; caches are rebuilt too
+        for name in ("_params", "_version", "_writable_views", "_cache", "_cache_version"):
+            del state[name]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._params = _views(self._flat, self._layout)
+        self._init_weight_cache()
 
     def __repr__(self) -> str:
         extras = "".join(f", {name}={getattr(self, name)!r}" for name, default in (
@@ -310,14 +353,12 @@ class LSTM:
         if not isinstance(state, (tuple, list)) or len(state) != 2:
             raise TypeError(f"{name} must be a tuple (h, c) of two arrays, "
                             f"got {type(state).__name__}")
-        arrays = []
-        for label, value, shape in zip("hc", state, shapes):
-            array = as_float_array(_to_numpy(value), f"{name}[{'hc'.index(label)}] ({label})",
-                                   self.dtype, 3, "(num_layers * num_directions, batch, size)")
+        h = as_float_array(_to_numpy(state[0]), name, self.dtype, 3, _STATE_DIMS)
+        c = as_float_array(_to_numpy(state[1]), name, self.dtype, 3, _STATE_DIMS)
+        for label, array, shape in (("h", h, shapes[0]), ("c", c, shapes[1])):
             if array.shape != shape:
                 raise ValueError(f"{name} {label} must have shape {shape}, got {array.shape}")
-            arrays.append(array)
-        return arrays[0], arrays[1]
+        return h, c
 
     def initial_state(self, batch_size: int) -> State:
         """Zero state ``(h0, c0)`` for ``batch_size`` sequences."""
@@ -404,7 +445,9 @@ class LSTM:
                 packed_x = packed[:rows * width].reshape(rows, width)
             for direction in range(D):
                 index = layer * D + direction
-                w_ih, w_hh, bias, w_hr = self._direction_weights(layer, direction)
+                w_ih, w_hh, bias, w_hr, panels = self._prepared(
+                    ("sequence", layer, direction, level, fuse_input),
+                    lambda: self._kernel_weights(layer, direction, level, fuse_input))
                 hidden = h0[index][packing.perm]
                 cell = c0[index][packing.perm]
                 if train:
@@ -418,8 +461,6 @@ class LSTM:
                     cache.tanh_cell.append(tanh_cell)
                 else:
                     hidden_prev = cell_prev = tanh_cell = None
-                panels = (_kernel.pack_weights(w_hh, w_ih if fuse_input else None, H, level)
-                          if level else None)
                 _kernel.direction_forward(
                     layer_input, packing.perm, packing.batch_sizes, packing.offsets,
                     w_ih, w_hh, bias, w_hr, panels, level, fuse_input, hidden, cell, out,
@@ -435,6 +476,13 @@ class LSTM:
                 cache.dropout_masks.append(mask)
             layer_input = out
         return layer_input, (h_n, c_n), cache
+
+    def _kernel_weights(self, layer: int, direction: int, level: int, fuse_input: bool):
+        """(w_ih, w_hh, bias, w_hr, panels) of one layer direction, as the kernel takes them."""
+        w_ih, w_hh, bias, w_hr = self._direction_weights(layer, direction)
+        panels = (_kernel.pack_weights(w_hh, w_ih if fuse_input else None, self.hidden_size,
+                                       level) if level else None)
+        return w_ih, w_hh, bias, w_hr, panels
 
     def _direction_weights(self, layer: int, direction: int):
         suffix = f"l{layer}" + ("_reverse" if direction else "")
@@ -550,8 +598,25 @@ class LSTM:
             raise ValueError("step() needs a unidirectional LSTM: a bidirectional layer's "
                              "reverse direction needs the whole sequence")
         x_t = as_float_array(x_t, "x_t", self.dtype, 2, "(batch, input_size)")
-        out, state_n = self(x_t[:, None, :], state)
-        return out[:, 0, :], state_n
+        batch, features = x_t.shape
+        if features != self.input_size:
+            raise ValueError(f"x_t has {features} features, but this LSTM has "
+                             f"input_size={self.input_size}")
+        if batch == 0:
+            raise ValueError(f"x_t must have at least one row, got shape {x_t.shape}")
+        h, c = self._check_state(state, batch)
+        level = _kernel.simd_level() if self.dtype == np.float32 else 0
+        plan = self._prepared(("step", level), lambda: self._step_plan(level))
+        h_new = np.empty_like(h)
+        c_new = np.empty_like(c)
+        plan.run(x_t, h, c, h_new, c_new)
+        return h_new[-1], (h_new, c_new)
+
+    def _step_plan(self, level: int) -> "_kernel.StepPlan":
+        layers = [self._kernel_weights(layer, 0, level, fuse_input=True)
+                  for layer in range(self.num_layers)]
+        return _kernel.StepPlan(layers, self.input_size, self.hidden_size, self.output_size,
+                                level, self.dtype)
 
 
 def _views(flat: np.ndarray, layout: list[tuple[str, tuple[int, ...]]]) -> dict[str, np.ndarray]:
@@ -566,6 +631,8 @@ def _views(flat: np.ndarray, layout: list[tuple[str, tuple[int, ...]]]) -> dict[
 
 def _to_numpy(value: Any) -> Any:
     """Turn a torch tensor (or anything with .detach/.cpu/.numpy) into a NumPy array."""
+    if isinstance(value, np.ndarray):
+        return value
     for method in ("detach", "cpu", "numpy"):
         if hasattr(value, method) and not isinstance(value, np.ndarray):
             value = getattr(value, method)()

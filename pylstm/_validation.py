@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from ._kernel import all_finite
+
 # BLAS takes 32-bit sizes; every dimension and leading dimension must fit.
 _BLAS_MAX = 2**31 - 1
 
@@ -33,6 +35,12 @@ def as_float_array(value: Any, name: str, dtype: np.dtype, ndim: int | None = No
     non-numeric data with TypeError, a wrong ndim with ValueError, and
     non-finite values with ValueError.
     """
+    if type(value) is np.ndarray and value.dtype == dtype and value.ndim == ndim \
+            and value.flags.c_contiguous:
+        # fast path (streaming step() calls): nothing to convert
+        if value.size and not all_finite(value.reshape(-1)):
+            raise ValueError(f"{name} must be finite, but contains NaN or infinity")
+        return value
     try:
         array = np.asarray(value)
     except Exception as exc:  # e.g. ragged nested lists
@@ -56,7 +64,7 @@ def as_float_array(value: Any, name: str, dtype: np.dtype, ndim: int | None = No
                 f"(max abs {np.abs(array).max():.3g})")
     else:
         converted = np.ascontiguousarray(array, dtype=dtype)
-    if converted.size and not np.isfinite(converted).all():
+    if converted.size and not all_finite(converted.reshape(-1)):
         raise ValueError(f"{name} must be finite, but contains NaN or infinity")
     return converted
 

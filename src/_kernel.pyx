@@ -30,6 +30,7 @@ proportional to the sum of lengths, never to the padded size.
 Forward steps and backward steps carry matching tags [F1]..[F5] / [B1]..[B5].
 """
 from cython cimport floating
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.string cimport memcpy
 
 from _activations cimport sigmoid, tanh_
@@ -525,3 +526,133 @@ def scatter_inputs(const floating[:, ::1] packed, const Py_ssize_t[::1] perm,
                 memcpy(&x[0, 0, 0] + (perm[b] * T + t) * I, &packed[0, 0] + row * I,
                        I * sizeof(floating))
                 row += 1
+
+
+# ---------------------------------------------------------------------------
+# Checks the Python layer runs before calling in (it validates; this is only
+# a fast loop for it, with no temporary array)
+# ---------------------------------------------------------------------------
+
+def all_finite(const floating[::1] values):
+    """np.isfinite(values).all(), without allocating a boolean array."""
+    cdef Py_ssize_t k
+    cdef floating zero = 0
+    with nogil:
+        # x * 0 is NaN exactly when x is NaN or infinite
+        for k in range(values.shape[0]):
+            zero += values[k] * 0
+    return zero == 0
+
+
+# ---------------------------------------------------------------------------
+# One time step of a unidirectional stack, for streaming inference
+# ---------------------------------------------------------------------------
+
+cdef struct _LayerWeights:
+    const void *w_ih        # (4H, I_k)
+    const void *w_hh        # (4H, P)
+    const void *bias        # (4H,) = b_ih + b_hh
+    const void *w_hr        # (P, H) or NULL
+    const float *panels     # packed [w_hh | w_ih] at the plan's SIMD level, or NULL
+    int width               # I_k, the layer's input size
+
+
+cdef size_t _address(object array):
+    """Address of a C-contiguous array's data (it is kept alive by its owner), 0 for None."""
+    return 0 if array is None else array.__array_interface__["data"][0]
+
+
+cdef class StepPlan:
+    """Weights of every layer of a unidirectional LSTM, ready for ``run``.
+
+    Keeps the arrays alive and their addresses, so a streaming step acquires
+    no buffer for the weights: per layer the fused SIMD panels [w_hh | w_ih]
+    (float32 at a SIMD level) or the plain weights for the BLAS path, and the
+    summed bias b_ih + b_hh. The arrays must not be resized while the plan lives.
+    """
+    cdef readonly int level, num_layers, input_size, hidden_size, output_size
+    cdef readonly object dtype
+    cdef list _layers
+    cdef _LayerWeights *_weights
+
+    def __cinit__(self, list layers, int input_size, int hidden_size, int output_size,
+                  int level, dtype):
+        """layers: per layer a tuple (w_ih, w_hh, bias, w_hr or None, panels or None)."""
+        self.level = level
+        self.num_layers = len(layers)
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.output_size = output_size
+        self.dtype = dtype
+        self._layers = layers
+        self._weights = <_LayerWeights *> PyMem_Malloc(len(layers) * sizeof(_LayerWeights))
+        if self._weights == NULL:
+            raise MemoryError()
+        for k, (w_ih, w_hh, bias, w_hr, panels) in enumerate(layers):
+            self._weights[k].w_ih = <const void *> _address(w_ih)
+            self._weights[k].w_hh = <const void *> _address(w_hh)
+            self._weights[k].bias = <const void *> _address(bias)
+            self._weights[k].w_hr = <const void *> _address(w_hr)
+            self._weights[k].panels = <const float *> _address(panels)
+            self._weights[k].width = w_ih.shape[1]
+
+    def __dealloc__(self):
+        PyMem_Free(self._weights)
+
+    def run(self, const floating[:, ::1] x, const floating[:, :, ::1] h,
+            const floating[:, :, ::1] c, floating[:, :, ::1] h_new,
+            floating[:, :, ::1] c_new):
+        """h_new, c_new = one step from (h, c) with input x (B, I).
+
+        h, h_new (L, B, P); c, c_new (L, B, H); the caller checked shapes and
+        that the dtype is the plan's.
+        """
+        cdef int B = x.shape[0]
+        cdef int H = self.hidden_size
+        cdef int P = self.output_size
+        cdef int G = 4 * H
+        cdef int layer, width
+        cdef bint simd = floating is float and self.level != PYLSTM_PORTABLE
+        cdef bint projects = self._weights[0].w_hr != NULL
+        cdef _LayerWeights *weights
+        cdef const floating *layer_in
+        cdef floating *r
+        # workspaces: gates for the BLAS path, o * tanh(c) before a projection
+        cdef floating *gates = NULL
+        cdef floating *cell_out = NULL
+        if not simd:
+            gates = <floating *> PyMem_Malloc(B * G * sizeof(floating))
+        if projects:
+            cell_out = <floating *> PyMem_Malloc(B * H * sizeof(floating))
+        if (not simd and gates == NULL) or (projects and cell_out == NULL):
+            PyMem_Free(gates)
+            raise MemoryError()
+        with nogil:
+            for layer in range(self.num_layers):
+                weights = &self._weights[layer]
+                width = weights.width
+                layer_in = &x[0, 0] if layer == 0 else &h_new[layer - 1, 0, 0]
+                r = cell_out if projects else &h_new[layer, 0, 0]
+                memcpy(&c_new[layer, 0, 0], &c[layer, 0, 0], B * H * sizeof(floating))
+                if simd:
+                    # [F1]+[F2]+[F3]: z = h @ w_hh.T + x @ w_ih.T + bias, cell update
+                    pylstm_step(self.level, B, H, P, width, weights.panels,
+                                <const float *> weights.bias, <const float *> &h[layer, 0, 0], P,
+                                <const float *> layer_in, width, NULL, G, 0,
+                                <float *> &c_new[layer, 0, 0], H, <float *> r, H, NULL, 0)
+                else:
+                    # [F1] gates = x @ w_ih.T : (B, I) @ (I, 4H)
+                    gemm(NoTrans, Trans, B, G, width, 1, layer_in, width,
+                         <const floating *> weights.w_ih, width, 0, gates, G)
+                    # [F2] gates += h @ w_hh.T : (B, P) @ (P, 4H)
+                    gemm(NoTrans, Trans, B, G, P, 1, &h[layer, 0, 0], P,
+                         <const floating *> weights.w_hh, P, 1, gates, G)
+                    # [F3]
+                    _cell_forward(H, B, gates, <const floating *> weights.bias,
+                                  &c_new[layer, 0, 0], r, NULL)
+                if projects:
+                    # [F4] h = r @ w_hr.T : (B, H) @ (H, P)
+                    gemm(NoTrans, Trans, B, P, H, 1, r, H, <const floating *> weights.w_hr, H,
+                         0, &h_new[layer, 0, 0], P)
+        PyMem_Free(gates)
+        PyMem_Free(cell_out)
