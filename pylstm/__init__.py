@@ -6,10 +6,12 @@ torch.nn.LSTM's semantics (:class:`LSTM`), and scikit-learn estimators
 """
 from typing import Any
 
+from ._io import load, save
 from ._layer import LSTM, Gradients
 from ._version import __version__
 
-__all__ = ["LSTM", "Gradients", "LSTMClassifier", "LSTMRegressor", "__version__"]
+__all__ = ["LSTM", "Gradients", "LSTMClassifier", "LSTMRegressor", "load", "save",
+           "__version__"]
 
 # Estimators import scikit-learn, an optional dependency: load them on first use
 # so that `import pylstm` stays light and works without it.

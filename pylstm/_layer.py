@@ -314,6 +314,12 @@ class LSTM:
         layer.load_state_dict(weights)
         return layer
 
+    def save(self, path: Any) -> None:
+        """Write this layer to one model file (see :func:`pylstm.load`); atomic, no pickle."""
+        from ._io import save
+
+        save(self, path)
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         # views into _flat are rebuilt on load so they stay views; caches are rebuilt too
