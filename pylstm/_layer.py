@@ -92,6 +92,7 @@ class _TrainCache:
     cell_prev: list[np.ndarray]                    # per layer-direction (N, H)
     tanh_cell: list[np.ndarray]                    # per layer-direction (N, H)
     dropout_masks: list[np.ndarray]                # per layer below the top (B, T, D*P)
+    level: int                                     # SIMD level of the forward pass
     used: bool = field(default=False)
 
 
@@ -424,11 +425,12 @@ class LSTM:
         n_rows = packing.n_rows
         h_n = np.empty_like(h0)
         c_n = np.empty_like(c0)
-        cache = _TrainCache(self, (batch, time), packing, [], [], [], [], [], []) if train else None
-        level = _kernel.simd_level() if self.dtype == np.float32 else 0
+        level = _kernel.simd_level()
         # Small batches keep one big GEMM for the input term: fusing it into the
         # step would stream w_ih from cache at every step for a few rows only.
-        fuse_input = level > 0 and batch >= _FUSE_MIN_BATCH
+        fuse_input = level > 0 and self.dtype == np.float32 and batch >= _FUSE_MIN_BATCH
+        cache = (_TrainCache(self, (batch, time), packing, [], [], [], [], [], [], level)
+                 if train else None)
         if train:
             chunk_steps, rows = time, n_rows
             hidden_scratch = None
@@ -486,8 +488,10 @@ class LSTM:
     def _kernel_weights(self, layer: int, direction: int, level: int, fuse_input: bool):
         """(w_ih, w_hh, bias, w_hr, panels) of one layer direction, as the kernel takes them."""
         w_ih, w_hh, bias, w_hr = self._direction_weights(layer, direction)
-        panels = (_kernel.pack_weights(w_hh, w_ih if fuse_input else None, self.hidden_size,
-                                       level) if level else None)
+        panels = None
+        if level and self.dtype == np.float32:  # the fused SIMD step is float32 only
+            panels = _kernel.pack_weights(w_hh, w_ih if fuse_input else None,
+                                          self.hidden_size, level)
         return w_ih, w_hh, bias, w_hr, panels
 
     def _direction_weights(self, layer: int, direction: int):
@@ -539,6 +543,7 @@ class LSTM:
         dh_n, dc_n = self._check_state(grad_state, batch, "grad_state")
         cache.used = True
         packing = cache.packing
+        level = cache.level
         n_rows = packing.n_rows
         flat_grad = np.empty_like(self._flat)
         grad_params = _views(flat_grad, self._layout)
@@ -561,7 +566,7 @@ class LSTM:
                 d_cell = dc_n[index][packing.perm]
                 d_bias = np.empty(4 * H, self.dtype)
                 _kernel.direction_backward(
-                    grad_out, direction * P, bool(direction), packing.perm,
+                    grad_out, direction * P, bool(direction), level, packing.perm,
                     packing.batch_sizes, packing.offsets, w_ih, w_hh, w_hr,
                     d_hidden, d_cell, cache.gates[index], cache.cell_prev[index],
                     cache.tanh_cell[index], cache.hidden_prev[index], packed_x,

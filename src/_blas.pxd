@@ -27,3 +27,61 @@ cdef inline void gemm(BlasTranspose trans_a, BlasTranspose trans_b,
     else:
         dgemm(&tb, &ta, &n, &m, &k, &alpha, <double *> b, &ldb,
               <double *> a, &lda, &beta, c, &ldc)
+
+
+# The reproducible SIMD GEMM of _gemm_impl.h (AVX2 / AVX-512), for the same
+# products at SIMD levels: its sums do not depend on thread counts, which
+# OpenBLAS's do for some shapes. The portable level (0) uses gemm above.
+from libc.stdlib cimport malloc
+
+cdef extern from "_simd.h" nogil:
+    long pylstm_packed_b_size(int level, int is_double, int K, int N)
+    void pylstm_pack_b_f32(int level, int K, int N, const float *b, long b_row,
+                           long b_col, float *packed)
+    void pylstm_pack_b_f64(int level, int K, int N, const double *b, long b_row,
+                           long b_col, double *packed)
+    void pylstm_gemm_f32(int level, int M, int N, int K, const float *a, long a_row,
+                         long a_col, const float *packed_b, float *c, long ldc, int accumulate)
+    void pylstm_gemm_f64(int level, int M, int N, int K, const double *a, long a_row,
+                         long a_col, const double *packed_b, double *c, long ldc,
+                         int accumulate)
+
+
+cdef inline floating *pack_operand(int level, BlasTranspose trans_b, int k, int n,
+                                   const floating *b, int ldb) noexcept nogil:
+    """Pack op(B) (k, n) for `matmul` at a SIMD level.
+
+    Returns a malloc'd buffer for the caller to free, or NULL when out of
+    memory; not used on the portable level (0), where matmul reads B itself.
+    """
+    cdef long size = pylstm_packed_b_size(level, floating is double, k, n)
+    cdef floating *packed = <floating *> malloc(size * sizeof(floating))
+    if packed == NULL:
+        return NULL
+    # element (kk, nn) of op(B) is b[kk * ldb + nn], or b[nn * ldb + kk] if transposed
+    cdef long b_row = ldb if trans_b == NoTrans else 1
+    cdef long b_col = 1 if trans_b == NoTrans else ldb
+    if floating is float:
+        pylstm_pack_b_f32(level, k, n, b, b_row, b_col, packed)
+    else:
+        pylstm_pack_b_f64(level, k, n, b, b_row, b_col, packed)
+    return packed
+
+
+cdef inline void matmul(int level, BlasTranspose trans_a, BlasTranspose trans_b,
+                        int m, int n, int k, const floating *a, int lda,
+                        const floating *b, int ldb, const floating *packed_b,
+                        bint accumulate, floating *c, int ldc) noexcept nogil:
+    """C = op(A) @ op(B) (+ C if accumulate), row-major, C (m, n).
+
+    Level 0: BLAS on b. SIMD levels: the reproducible GEMM on packed_b, which
+    is op(B) from pack_operand at the same level.
+    """
+    cdef long a_row = lda if trans_a == NoTrans else 1
+    cdef long a_col = 1 if trans_a == NoTrans else lda
+    if level == 0:
+        gemm(trans_a, trans_b, m, n, k, 1, a, lda, b, ldb, 1 if accumulate else 0, c, ldc)
+    elif floating is float:
+        pylstm_gemm_f32(level, m, n, k, a, a_row, a_col, packed_b, c, ldc, accumulate)
+    else:
+        pylstm_gemm_f64(level, m, n, k, a, a_row, a_col, packed_b, c, ldc, accumulate)

@@ -34,7 +34,9 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.string cimport memcpy
 
 from _activations cimport sigmoid, tanh_
-from _blas cimport gemm, NoTrans, Trans
+from libc.stdlib cimport free
+
+from _blas cimport BlasTranspose, NoTrans, Trans, gemm, matmul, pack_operand
 
 
 cdef extern from "_simd.h" nogil:
@@ -194,7 +196,7 @@ cdef void _row_sums(const floating *a, Py_ssize_t rows, Py_ssize_t cols,
 # One layer direction, forward
 # ---------------------------------------------------------------------------
 
-cdef void _direction_forward(
+cdef int _direction_forward(
         Py_ssize_t B, Py_ssize_t T, Py_ssize_t I, Py_ssize_t H, Py_ssize_t P,
         bint reverse, Py_ssize_t chunk_steps, int level, bint fuse_input,
         const floating *x, const Py_ssize_t *perm,
@@ -215,8 +217,9 @@ cdef void _direction_forward(
     For inference those are NULL, the step reads the previous hidden state
     from ``hidden_scratch`` (B, P), and the chunk buffers are reused, so memory
     does not grow with T.
-    With ``fuse_input`` (SIMD levels only) the step computes the input term
-    itself from ``panels`` = packed [w_hh | w_ih], and [F1] is skipped.
+    With ``fuse_input`` (float32 at a SIMD level) the step computes the input
+    term itself from ``panels`` = packed [w_hh | w_ih], and [F1] is skipped.
+    Returns 0, or -1 if a packing buffer could not be allocated.
     """
     cdef Py_ssize_t G = 4 * H
     cdef Py_ssize_t n_chunks = (T + chunk_steps - 1) // chunk_steps
@@ -225,7 +228,25 @@ cdef void _direction_forward(
     cdef floating *r = cell_out if projects else hidden
     cdef floating *h_prev
     cdef floating *tanh_rows = NULL
-    cdef bint simd = floating is float and level != PYLSTM_PORTABLE
+    cdef bint simd_step = floating is float and level != PYLSTM_PORTABLE
+    cdef bint input_gemm = not (simd_step and fuse_input)
+    # Right-hand operands packed once per call for the SIMD GEMM (level > 0).
+    cdef floating *w_ih_t = NULL      # w_ih.T (I, 4H)   for [F1]
+    cdef floating *w_hh_t = NULL      # w_hh.T (P, 4H)   for [F2] without the SIMD step
+    cdef floating *w_hr_t = NULL      # w_hr.T (H, P)    for [F4]
+    if level != PYLSTM_PORTABLE:
+        if input_gemm:
+            w_ih_t = pack_operand(level, Trans, I, G, w_ih, I)
+        if not simd_step:
+            w_hh_t = pack_operand(level, Trans, P, G, w_hh, P)
+        if projects:
+            w_hr_t = pack_operand(level, Trans, H, P, w_hr, H)
+        if (input_gemm and w_ih_t == NULL) or (not simd_step and w_hh_t == NULL) \
+                or (projects and w_hr_t == NULL):
+            free(w_ih_t)
+            free(w_hh_t)
+            free(w_hr_t)
+            return -1
     for chunk in range(n_chunks):
         # Chunks (and steps in them) go forward in time, or backward for the
         # reverse direction; either way a chunk is one block of packed rows.
@@ -239,9 +260,10 @@ cdef void _direction_forward(
         n_rows = offsets[t_end] - base
         if not x_is_packed:
             _gather_inputs(x, T, I, perm, batch_sizes, t_begin, t_end, packed_x)
-        if not (simd and fuse_input):
+        if input_gemm:
             # [F1] gates = packed_x @ w_ih.T : (n_rows, I) @ (I, 4H)
-            gemm(NoTrans, Trans, n_rows, G, I, 1, packed_x, I, w_ih, I, 0, gates, G)
+            matmul(level, NoTrans, Trans, n_rows, G, I, packed_x, I, w_ih, I, w_ih_t,
+                   False, gates, G)
         for step in range(t_end - t_begin):
             t = t_end - 1 - step if reverse else t_begin + step
             live = batch_sizes[t]
@@ -254,7 +276,7 @@ cdef void _direction_forward(
             else:
                 h_prev = hidden_scratch
             memcpy(h_prev, hidden, live * P * sizeof(floating))
-            if simd:
+            if simd_step:
                 # [F1]+[F2]+[F3] fused: z = h_prev @ w_hh.T (+ x @ w_ih.T) + bias,
                 # activations and cell update while the tile is in registers
                 pylstm_step(level, live, H, P, I if fuse_input else 0, panels,
@@ -264,23 +286,28 @@ cdef void _direction_forward(
                             <float *> cell, H, <float *> r, H, <float *> tanh_rows, H)
             else:
                 # [F2] gates[rows] += h_prev @ w_hh.T : (live, P) @ (P, 4H)
-                gemm(NoTrans, Trans, live, G, P, 1, h_prev, P, w_hh, P,
-                     1, gates + row * G, G)
+                matmul(level, NoTrans, Trans, live, G, P, h_prev, P, w_hh, P, w_hh_t,
+                       True, gates + row * G, G)
                 # [F3] activations and cell update; r = o * tanh(c)
                 _cell_forward(H, live, gates + row * G, bias, cell, r, tanh_rows)
             if projects:
                 # [F4] hidden = r @ w_hr.T : (live, H) @ (H, P)
-                gemm(NoTrans, Trans, live, P, H, 1, r, H, w_hr, H, 0, hidden, P)
+                matmul(level, NoTrans, Trans, live, P, H, r, H, w_hr, H, w_hr_t,
+                       False, hidden, P)
             _scatter_hidden(hidden, P, live, perm, T, t, out, out_width, out_col)
+    free(w_ih_t)
+    free(w_hh_t)
+    free(w_hr_t)
+    return 0
 
 
 # ---------------------------------------------------------------------------
 # One layer direction, backward (BPTT)
 # ---------------------------------------------------------------------------
 
-cdef void _direction_backward(
+cdef int _direction_backward(
         Py_ssize_t B, Py_ssize_t T, Py_ssize_t I, Py_ssize_t H, Py_ssize_t P,
-        bint reverse, const floating *grad_out, Py_ssize_t out_width,
+        bint reverse, int level, const floating *grad_out, Py_ssize_t out_width,
         Py_ssize_t out_col, const Py_ssize_t *perm,
         const Py_ssize_t *batch_sizes, const Py_ssize_t *offsets,
         const floating *w_ih, const floating *w_hh, const floating *w_hr,
@@ -288,7 +315,7 @@ cdef void _direction_backward(
         const floating *cell_prev, const floating *tanh_cell,
         const floating *hidden_prev, const floating *packed_x,
         floating *d_w_ih, floating *d_w_hh, floating *d_bias, floating *d_w_hr,
-        floating *d_packed_x, floating beta_dx,
+        floating *d_packed_x, bint accumulate_dx,
         floating *d_cell_out, floating *d_hidden_all, floating *cell_out_all) noexcept nogil:
     """Backpropagate one direction through time; weight gradients after the loop.
 
@@ -296,39 +323,78 @@ cdef void _direction_backward(
     ``gates`` (N, 4H), ``cell_prev`` and ``tanh_cell`` (N, H), ``hidden_prev``
     (N, P) and ``packed_x`` (N, I) come from the training forward pass.
     Out: d_hidden, d_cell hold dL/dh0, dL/dc0; ``gates`` holds dL/d(pre-activations);
-    weight gradients are overwritten; ``d_packed_x`` = dL/d(packed input) + beta_dx * d_packed_x.
+    weight gradients are overwritten; ``d_packed_x`` receives dL/d(packed input),
+    added to what it holds if ``accumulate_dx``.
+    Returns 0, or -1 if a packing buffer could not be allocated.
     """
     cdef Py_ssize_t G = 4 * H
     cdef Py_ssize_t N = offsets[T]
     cdef Py_ssize_t step, t, live, row
     cdef bint projects = w_hr != NULL
     cdef floating *d_r = d_cell_out if projects else d_hidden
-    for step in range(T):
-        # Undo the forward order: the forward direction ran t = 0..T-1.
-        t = step if reverse else T - 1 - step
-        live = batch_sizes[t]
-        row = offsets[t]
-        _add_output_grad(d_hidden, P, live, perm, T, t, grad_out, out_width, out_col)
+    # Right-hand operands packed for the SIMD GEMM (level > 0); the ones that
+    # depend on the loop's results are packed after it.
+    cdef floating *w_hh_p = NULL      # w_hh (4H, P)       for [B2] per step
+    cdef floating *w_hr_p = NULL      # w_hr (P, H)        for [B4] per step
+    cdef floating *w_ih_p = NULL      # w_ih (4H, I)       for [B1] d_packed_x
+    cdef floating *x_p = NULL         # packed_x (N, I)    for [B1] d_w_ih
+    cdef floating *h_p = NULL         # hidden_prev (N, P) for [B2] d_w_hh
+    cdef floating *r_p = NULL         # cell_out_all (N, H) for [B4] d_w_hr
+    cdef int status = 0
+    if level != PYLSTM_PORTABLE:
+        w_hh_p = pack_operand(level, NoTrans, G, P, w_hh, P)
+        w_ih_p = pack_operand(level, NoTrans, G, I, w_ih, I)
+        x_p = pack_operand(level, NoTrans, N, I, packed_x, I)
+        h_p = pack_operand(level, NoTrans, N, P, hidden_prev, P)
         if projects:
-            # [B4] d_r = d_hidden @ w_hr : (live, P) @ (P, H); keep d_hidden for d_w_hr
-            memcpy(d_hidden_all + row * P, d_hidden, live * P * sizeof(floating))
-            gemm(NoTrans, NoTrans, live, H, P, 1, d_hidden, P, w_hr, H, 0, d_r, H)
-        # [B3] gate and cell gradients, in place in gates[rows]
-        _cell_backward(H, live, gates + row * G, cell_prev + row * H, tanh_cell + row * H,
-                       d_r, d_cell, cell_out_all + row * H if projects else NULL)
-        # [B2] d_hidden[:live] = d_gates @ w_hh : (live, 4H) @ (4H, P)
-        gemm(NoTrans, NoTrans, live, P, G, 1, gates + row * G, G, w_hh, P, 0, d_hidden, P)
-    # [B1] d_w_ih = d_gates.T @ packed_x : (4H, N) @ (N, I)
-    gemm(Trans, NoTrans, G, I, N, 1, gates, G, packed_x, I, 0, d_w_ih, I)
-    # [B2] d_w_hh = d_gates.T @ hidden_prev : (4H, N) @ (N, P)
-    gemm(Trans, NoTrans, G, P, N, 1, gates, G, hidden_prev, P, 0, d_w_hh, P)
-    # [B3] d_bias = d_gates.sum(axis=0), the same for b_ih and b_hh
-    _row_sums(gates, N, G, d_bias)
-    if projects:
-        # [B4] d_w_hr = d_hidden_all.T @ cell_out_all : (P, N) @ (N, H)
-        gemm(Trans, NoTrans, P, H, N, 1, d_hidden_all, P, cell_out_all, H, 0, d_w_hr, H)
-    # [B1] d_packed_x (+)= d_gates @ w_ih : (N, 4H) @ (4H, I)
-    gemm(NoTrans, NoTrans, N, I, G, 1, gates, G, w_ih, I, beta_dx, d_packed_x, I)
+            w_hr_p = pack_operand(level, NoTrans, P, H, w_hr, H)
+        if w_hh_p == NULL or w_ih_p == NULL or x_p == NULL or h_p == NULL \
+                or (projects and w_hr_p == NULL):
+            status = -1
+    if status == 0:
+        for step in range(T):
+            # Undo the forward order: the forward direction ran t = 0..T-1.
+            t = step if reverse else T - 1 - step
+            live = batch_sizes[t]
+            row = offsets[t]
+            _add_output_grad(d_hidden, P, live, perm, T, t, grad_out, out_width, out_col)
+            if projects:
+                # [B4] d_r = d_hidden @ w_hr : (live, P) @ (P, H); keep d_hidden for d_w_hr
+                memcpy(d_hidden_all + row * P, d_hidden, live * P * sizeof(floating))
+                matmul(level, NoTrans, NoTrans, live, H, P, d_hidden, P, w_hr, H, w_hr_p,
+                       False, d_r, H)
+            # [B3] gate and cell gradients, in place in gates[rows]
+            _cell_backward(H, live, gates + row * G, cell_prev + row * H, tanh_cell + row * H,
+                           d_r, d_cell, cell_out_all + row * H if projects else NULL)
+            # [B2] d_hidden[:live] = d_gates @ w_hh : (live, 4H) @ (4H, P)
+            matmul(level, NoTrans, NoTrans, live, P, G, gates + row * G, G, w_hh, P, w_hh_p,
+                   False, d_hidden, P)
+        # [B1] d_w_ih = d_gates.T @ packed_x : (4H, N) @ (N, I)
+        matmul(level, Trans, NoTrans, G, I, N, gates, G, packed_x, I, x_p, False, d_w_ih, I)
+        # [B2] d_w_hh = d_gates.T @ hidden_prev : (4H, N) @ (N, P)
+        matmul(level, Trans, NoTrans, G, P, N, gates, G, hidden_prev, P, h_p, False,
+               d_w_hh, P)
+        # [B3] d_bias = d_gates.sum(axis=0), the same for b_ih and b_hh
+        _row_sums(gates, N, G, d_bias)
+        if projects:
+            if level != PYLSTM_PORTABLE:
+                r_p = pack_operand(level, NoTrans, N, H, cell_out_all, H)
+                if r_p == NULL:
+                    status = -1
+            if status == 0:
+                # [B4] d_w_hr = d_hidden_all.T @ cell_out_all : (P, N) @ (N, H)
+                matmul(level, Trans, NoTrans, P, H, N, d_hidden_all, P, cell_out_all, H, r_p,
+                       False, d_w_hr, H)
+        # [B1] d_packed_x (+)= d_gates @ w_ih : (N, 4H) @ (4H, I)
+        matmul(level, NoTrans, NoTrans, N, I, G, gates, G, w_ih, I, w_ih_p,
+               accumulate_dx, d_packed_x, I)
+    free(w_hh_p)
+    free(w_hr_p)
+    free(w_ih_p)
+    free(x_p)
+    free(h_p)
+    free(r_p)
+    return status
 
 
 # ---------------------------------------------------------------------------
@@ -428,15 +494,16 @@ def direction_forward(const floating[:, :, ::1] x,
     cdef const float *panels_ptr = NULL
     if floating is float and panels is not None:
         panels_ptr = &panels[0]
-    else:
-        level = PYLSTM_PORTABLE
+    elif floating is float:
+        level = PYLSTM_PORTABLE     # the float32 SIMD step needs its panels
     cdef floating *hidden_prev_ptr = _ptr_or_null(hidden_prev)
     cdef floating *cell_prev_ptr = _ptr_or_null(cell_prev)
     cdef floating *cell_out_ptr = _ptr_or_null(cell_out)
     cdef floating *scratch_ptr = _ptr_or_null(hidden_scratch)
     cdef floating *tanh_cell_ptr = _ptr_or_null(tanh_cell)
+    cdef int status
     with nogil:
-        _direction_forward(B, T, I, H, P, reverse, chunk_steps, level, fuse_input,
+        status = _direction_forward(B, T, I, H, P, reverse, chunk_steps, level, fuse_input,
                            &x[0, 0, 0], &perm[0], &batch_sizes[0], &offsets[0],
                            &w_ih[0, 0], &w_hh[0, 0], &bias[0], w_hr_ptr, panels_ptr,
                            &hidden[0, 0], &cell[0, 0],
@@ -444,11 +511,14 @@ def direction_forward(const floating[:, :, ::1] x,
                            &packed_x[0, 0], x_is_packed, &gates[0, 0],
                            cell_out_ptr, scratch_ptr, hidden_prev_ptr, cell_prev_ptr,
                            tanh_cell_ptr)
+    if status != 0:
+        raise MemoryError("out of memory packing the LSTM weights")
 
 
 def direction_backward(const floating[:, :, ::1] grad_out,
                        Py_ssize_t out_col,
                        bint reverse,
+                       int level,
                        const Py_ssize_t[::1] perm,
                        const Py_ssize_t[::1] batch_sizes,
                        const Py_ssize_t[::1] offsets,
@@ -491,9 +561,9 @@ def direction_backward(const floating[:, :, ::1] grad_out,
     cdef floating *d_cell_out_ptr = _ptr_or_null(d_cell_out)
     cdef floating *d_hidden_all_ptr = _ptr_or_null(d_hidden_all)
     cdef floating *cell_out_all_ptr = _ptr_or_null(cell_out_all)
-    cdef floating beta_dx = 1 if accumulate_dx else 0
+    cdef int status
     with nogil:
-        _direction_backward(B, T, I, H, P, reverse, &grad_out[0, 0, 0],
+        status = _direction_backward(B, T, I, H, P, reverse, level, &grad_out[0, 0, 0],
                             grad_out.shape[2], out_col,
                             &perm[0], &batch_sizes[0], &offsets[0],
                             &w_ih[0, 0], &w_hh[0, 0], w_hr_ptr,
@@ -501,8 +571,10 @@ def direction_backward(const floating[:, :, ::1] grad_out,
                             &cell_prev[0, 0], &tanh_cell[0, 0], &hidden_prev[0, 0],
                             &packed_x[0, 0],
                             &d_w_ih[0, 0], &d_w_hh[0, 0], &d_bias[0], d_w_hr_ptr,
-                            &d_packed_x[0, 0], beta_dx,
+                            &d_packed_x[0, 0], accumulate_dx,
                             d_cell_out_ptr, d_hidden_all_ptr, cell_out_all_ptr)
+    if status != 0:
+        raise MemoryError("out of memory packing the operands of the backward pass")
 
 
 def gather_inputs(const floating[:, :, ::1] x, const Py_ssize_t[::1] perm,

@@ -11,6 +11,11 @@
 #ifndef PYLSTM_SIMD_H
 #define PYLSTM_SIMD_H
 
+/* Every function here is static and each module uses a different subset. */
+#if defined(__GNUC__)
+#pragma GCC diagnostic ignored "-Wunused-function"
+#endif
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -38,6 +43,48 @@ enum { PYLSTM_PORTABLE = 0, PYLSTM_AVX2 = 1, PYLSTM_AVX512 = 2 };
 #undef NR
 #undef SFX
 #undef TARGET
+
+/* The reproducible GEMM, for both element types at both levels. */
+#define SCALAR float
+#define VW 16
+#define NR 6
+#define SFX f32_avx512
+#define TARGET "avx512f,avx512dq,avx512vl,avx2,fma"
+#include "_gemm_impl.h"
+#undef VW
+#undef NR
+#undef SFX
+#undef TARGET
+#define VW 8
+#define NR 3
+#define SFX f32_avx2
+#define TARGET "avx2,fma"
+#include "_gemm_impl.h"
+#undef VW
+#undef NR
+#undef SFX
+#undef TARGET
+#undef SCALAR
+#define SCALAR double
+#define VW 8
+#define NR 6
+#define SFX f64_avx512
+#define TARGET "avx512f,avx512dq,avx512vl,avx2,fma"
+#include "_gemm_impl.h"
+#undef VW
+#undef NR
+#undef SFX
+#undef TARGET
+#define VW 4
+#define NR 3
+#define SFX f64_avx2
+#define TARGET "avx2,fma"
+#include "_gemm_impl.h"
+#undef VW
+#undef NR
+#undef SFX
+#undef TARGET
+#undef SCALAR
 #else
 #define PYLSTM_HAVE_SIMD 0
 #endif
@@ -106,6 +153,42 @@ static void pylstm_step(int level, int live, int H, int P, int I, const float *p
 #undef PYLSTM_ARGS
 #endif
 }
+
+/* Size of B (K, N) packed for pylstm_gemm_* at a level (elements). */
+static long pylstm_packed_b_size(int level, int is_double, int K, int N) {
+    int lanes = level == PYLSTM_AVX512 ? (is_double ? 8 : 16)
+              : level == PYLSTM_AVX2 ? (is_double ? 4 : 8) : 0;
+    if (lanes == 0) return 0;
+    long width = 4L * lanes;
+    return (N + width - 1) / width * width * (long)(K > 0 ? K : 1);
+}
+
+#define PYLSTM_GEMM_DISPATCH(T, tag)                                                      \
+static void pylstm_pack_b_##tag(int level, int K, int N, const T *b, long b_row,          \
+                                long b_col, T *packed) {                                  \
+    if (level == PYLSTM_AVX512) pylstm_pack_b_##tag##_avx512(K, N, b, b_row, b_col, packed); \
+    else if (level == PYLSTM_AVX2) pylstm_pack_b_##tag##_avx2(K, N, b, b_row, b_col, packed); \
+}                                                                                         \
+static void pylstm_gemm_##tag(int level, int M, int N, int K, const T *a, long a_row,     \
+                              long a_col, const T *packed_b, T *c, long ldc,              \
+                              int accumulate) {                                           \
+    if (level == PYLSTM_AVX512)                                                           \
+        pylstm_gemm_##tag##_avx512(M, N, K, a, a_row, a_col, packed_b, c, ldc, accumulate); \
+    else if (level == PYLSTM_AVX2)                                                        \
+        pylstm_gemm_##tag##_avx2(M, N, K, a, a_row, a_col, packed_b, c, ldc, accumulate);   \
+}
+#if PYLSTM_HAVE_SIMD
+PYLSTM_GEMM_DISPATCH(float, f32)
+PYLSTM_GEMM_DISPATCH(double, f64)
+#else
+static void pylstm_pack_b_f32(int l, int K, int N, const float *b, long r, long c, float *p) {}
+static void pylstm_pack_b_f64(int l, int K, int N, const double *b, long r, long c, double *p) {}
+static void pylstm_gemm_f32(int l, int M, int N, int K, const float *a, long ar, long ac,
+                            const float *p, float *c, long ldc, int acc) {}
+static void pylstm_gemm_f64(int l, int M, int N, int K, const double *a, long ar, long ac,
+                            const double *p, double *c, long ldc, int acc) {}
+#endif
+#undef PYLSTM_GEMM_DISPATCH
 
 /* Vector sigmoid (which=0) or tanh (which=1) at a level, for the tests. */
 static int pylstm_vector_activation(int level, int which, const float *x, float *out, long n) {

@@ -97,3 +97,51 @@ def test_simd_levels_agree_on_a_long_sequence(monkeypatch):
         monkeypatch.setenv("PYLSTM_SIMD", name)
         got, _ = lstm(x)
         assert np.abs(got - want).max() < 2e-5, name
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m, n, k", [(1, 1, 1), (7, 65, 3), (13, 64, 1030), (6, 130, 2049),
+                                     (25, 17, 9)])
+def test_reproducible_gemm_matches_numpy(dtype, m, n, k):
+    """The SIMD GEMM behind every product at SIMD levels, all transpose cases, with
+    tails in every dimension and K spanning several K blocks."""
+    from pylstm._blas import matmul_py
+    rng = np.random.default_rng(m * n * k)
+    for level in (LEVELS[name] for name in AVAILABLE):
+        for trans_a in (False, True):
+            for trans_b in (False, True):
+                a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+                b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
+                want = (a.T if trans_a else a).astype(np.float64) @ \
+                    (b.T if trans_b else b).astype(np.float64)
+                c = rng.standard_normal((m, n)).astype(dtype)
+                start = c.copy()
+                matmul_py(level, trans_a, trans_b, a, b, True, c)
+                tol = (1e-4 if dtype == np.float32 else 1e-12) * np.sqrt(k)
+                np.testing.assert_allclose(c, want + start, rtol=tol, atol=tol)
+                matmul_py(level, trans_a, trans_b, a, b, False, c)
+                np.testing.assert_allclose(c, want, rtol=tol, atol=tol)
+
+
+def test_results_are_bitwise_identical_at_any_thread_count():
+    """Outputs and gradients do not change with the number of BLAS threads."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    if _kernel.cpu_level() == 0:
+        pytest.skip("the portable path uses BLAS, whose sums depend on its thread count")
+
+    def run(threads, dtype, lengths):
+        with threadpoolctl.threadpool_limits(threads):
+            lstm = pylstm.LSTM(16, 40, 2, bidirectional=True, dtype=dtype, random_state=0)
+            rng = np.random.default_rng(0)
+            x = rng.standard_normal((21, 30, 16)).astype(dtype)
+            lens = rng.integers(15, 31, size=21) if lengths else None
+            out, _ = lstm(x, lengths=lens)
+            out_t, _, cache = lstm.forward_train(x, lengths=lens)
+            grads = lstm.backward(cache, np.ones_like(out_t))
+            return out, grads.flat, grads.input
+
+    for dtype in (np.float32, np.float64):
+        for lengths in (False, True):
+            one, two = run(1, dtype, lengths), run(2, dtype, lengths)
+            for a, b in zip(one, two):
+                assert np.array_equal(a, b)

@@ -1,0 +1,142 @@
+/* A small GEMM with a packed right-hand side, for one element type and one
+ * SIMD width; included by _simd.h once per (type, instruction set) with:
+ *   SCALAR  float or double
+ *   VW      lanes per vector
+ *   NR      rows of C per register tile
+ *   SFX     name suffix, e.g. f32_avx512
+ *   TARGET  the GCC/Clang target attribute string
+ *
+ *   C (M, N) = A (M, K) @ B (K, N)   (+ C when accumulating)
+ *
+ * A is read in place through two strides (element (m, k) at
+ * a[m * a_row + k * a_col]), so A or A.T of a row-major array both work
+ * without a copy; B is packed once per call into panels of 4 * VW columns.
+ * Every element of C is summed over k in increasing order by one tile, so
+ * results do not depend on how the work is split (bitwise reproducible).
+ */
+#define GCAT_(a, b) a##_##b
+#define GCAT(a, b) GCAT_(a, b)
+#define GFN(name) GCAT(name, SFX)
+#define GVEC GFN(pylstm_gvec)
+
+typedef SCALAR GVEC __attribute__((vector_size(VW * sizeof(SCALAR))));
+
+/* Rows of B per K block: keeps a panel block (KC x 4 VW) and the A lines a
+ * tile reads within L2 while every row tile of C passes over it. */
+#define KC 1024
+
+__attribute__((target(TARGET), always_inline)) static inline GVEC
+GFN(gload)(const SCALAR *p) { GVEC v; memcpy(&v, p, sizeof v); return v; }
+
+__attribute__((target(TARGET), always_inline)) static inline void
+GFN(gstore)(SCALAR *p, GVEC v) { memcpy(p, &v, sizeof v); }
+
+/* Lanes [0, n) of a vector from/to memory, n in [0, VW]. */
+__attribute__((target(TARGET), always_inline)) static inline GVEC
+GFN(gload_part)(const SCALAR *p, int n) {
+    GVEC v = {0};
+    if (n > 0) memcpy(&v, p, n * sizeof(SCALAR));
+    return v;
+}
+
+__attribute__((target(TARGET), always_inline)) static inline void
+GFN(gstore_part)(SCALAR *p, GVEC v, int n) { if (n > 0) memcpy(p, &v, n * sizeof(SCALAR)); }
+
+/* packed[blk][k][j] = B[k, blk * 4VW + j] (zero past N); B (K, N) read
+ * through strides: element (k, n) at b[k * b_row + n * b_col]. */
+__attribute__((target(TARGET))) static void
+GFN(pylstm_pack_b)(int K, int N, const SCALAR *b, long b_row, long b_col, SCALAR *packed) {
+    const int width = 4 * VW;
+    const int n_blocks = (N + width - 1) / width;
+    for (int blk = 0; blk < n_blocks; ++blk)
+        for (int k = 0; k < K; ++k) {
+            SCALAR *dst = packed + ((long)blk * K + k) * width;
+            for (int j = 0; j < width; ++j) {
+                int n = blk * width + j;
+                dst[j] = n < N ? b[(long)k * b_row + (long)n * b_col] : 0;
+            }
+        }
+}
+
+/* One tile: rows [m0, m0 + nr) x columns of block blk, k in [k0, k1). */
+__attribute__((target(TARGET), always_inline)) static inline void
+GFN(gtile)(const int nr, int m0, int blk, int k0, int k1, int K, int N,
+           const SCALAR *a, long a_row, long a_col, const SCALAR *packed,
+           SCALAR *c, long ldc, int add_c) {
+    const int width = 4 * VW;
+    const SCALAR *panel = packed + (long)blk * K * width;
+    GVEC acc[4][NR];
+    for (int r = 0; r < nr; ++r)
+        for (int v = 0; v < 4; ++v) acc[v][r] = (GVEC){0};
+    for (int k = k0; k < k1; ++k) {
+        const SCALAR *w = panel + (long)k * width;
+        GVEC b0 = GFN(gload)(w), b1 = GFN(gload)(w + VW);
+        GVEC b2 = GFN(gload)(w + 2 * VW), b3 = GFN(gload)(w + 3 * VW);
+        for (int r = 0; r < nr; ++r) {
+            SCALAR x = a[(long)(m0 + r) * a_row + (long)k * a_col];
+            acc[0][r] += b0 * x;
+            acc[1][r] += b1 * x;
+            acc[2][r] += b2 * x;
+            acc[3][r] += b3 * x;
+        }
+    }
+    const int n0 = blk * width;
+    const int valid = N - n0 < width ? N - n0 : width;
+    for (int r = 0; r < nr; ++r) {
+        SCALAR *row = c + (long)(m0 + r) * ldc + n0;
+        for (int v = 0; v < 4; ++v) {
+            int lanes = valid - v * VW;
+            lanes = lanes < 0 ? 0 : lanes > VW ? VW : lanes;
+            if (lanes == VW) {
+                GVEC out = add_c ? acc[v][r] + GFN(gload)(row + v * VW) : acc[v][r];
+                GFN(gstore)(row + v * VW, out);
+            } else if (lanes > 0) {
+                GVEC out = add_c ? acc[v][r] + GFN(gload_part)(row + v * VW, lanes) : acc[v][r];
+                GFN(gstore_part)(row + v * VW, out, lanes);
+            }
+        }
+    }
+}
+
+/* C (M, N) = A @ B (+ C if accumulate); B from GFN(pylstm_pack_b)(K, N, ...). */
+__attribute__((target(TARGET))) static void
+GFN(pylstm_gemm)(int M, int N, int K, const SCALAR *a, long a_row, long a_col,
+                 const SCALAR *packed_b, SCALAR *c, long ldc, int accumulate) {
+    const int width = 4 * VW;
+    const int n_blocks = (N + width - 1) / width;
+    if (K == 0) {  /* empty sum: C = 0 (or unchanged) */
+        if (!accumulate)
+            for (int m = 0; m < M; ++m) memset(c + (long)m * ldc, 0, N * sizeof(SCALAR));
+        return;
+    }
+    for (int blk = 0; blk < n_blocks; ++blk)
+        for (int k0 = 0; k0 < K; k0 += KC) {
+            int k1 = k0 + KC < K ? k0 + KC : K;
+            int add_c = accumulate || k0 > 0;
+            int m0 = 0;
+            for (; m0 + NR <= M; m0 += NR)
+                GFN(gtile)(NR, m0, blk, k0, k1, K, N, a, a_row, a_col, packed_b, c, ldc, add_c);
+            switch (M - m0) {
+                case 1: GFN(gtile)(1, m0, blk, k0, k1, K, N, a, a_row, a_col, packed_b, c, ldc, add_c); break;
+#if NR > 2
+                case 2: GFN(gtile)(2, m0, blk, k0, k1, K, N, a, a_row, a_col, packed_b, c, ldc, add_c); break;
+#endif
+#if NR > 3
+                case 3: GFN(gtile)(3, m0, blk, k0, k1, K, N, a, a_row, a_col, packed_b, c, ldc, add_c); break;
+#endif
+#if NR > 4
+                case 4: GFN(gtile)(4, m0, blk, k0, k1, K, N, a, a_row, a_col, packed_b, c, ldc, add_c); break;
+#endif
+#if NR > 5
+                case 5: GFN(gtile)(5, m0, blk, k0, k1, K, N, a, a_row, a_col, packed_b, c, ldc, add_c); break;
+#endif
+                default: break;
+            }
+        }
+}
+
+#undef KC
+#undef GVEC
+#undef GFN
+#undef GCAT
+#undef GCAT_
