@@ -1,0 +1,187 @@
+"""``python -m pylstm``: info, predict and export-onnx.
+
+Each command runs at least once as scripts run it, in a subprocess; the many
+error cases call ``main()`` in-process (each subprocess pays pylstm's import).
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+import pylstm
+from pylstm.__main__ import main
+
+PROGRAM = "python -m pylstm"
+
+
+def cli(*args, cwd):
+    """Run ``python -m pylstm ARGS`` on the pylstm under test; returns the CompletedProcess."""
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(pylstm.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", "pylstm", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def run_main(*args, capsys):
+    """``main()`` in-process; returns (status, stdout, stderr)."""
+    try:
+        status = main([str(arg) for arg in args])
+    except SystemExit as exc:
+        status = exc.code
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def assert_one_line_error(status, stdout, stderr):
+    assert status != 0
+    assert stdout == ""
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith(f"{PROGRAM}: error: ")
+    assert "Traceback" not in stderr
+
+
+@pytest.fixture
+def layer(tmp_path):
+    lstm = pylstm.LSTM(3, 5, num_layers=2, bidirectional=True, random_state=0)
+    lstm.save(tmp_path / "layer.npz")
+    return lstm, tmp_path / "layer.npz"
+
+
+@pytest.fixture
+def classifier(tmp_path, rng):
+    pytest.importorskip("sklearn")
+    X = rng.normal(size=(24, 5, 3)).astype(np.float32)
+    y = np.array(["no", "yes"])[np.arange(24) % 2]
+    with warnings.catch_warnings():  # ConvergenceWarning: two epochs only
+        warnings.simplefilter("ignore")
+        model = pylstm.LSTMClassifier(hidden_size=4, max_iter=2, random_state=0).fit(X, y)
+    pylstm.save(model, tmp_path / "clf.npz")
+    np.save(tmp_path / "X.npy", X)
+    return model, tmp_path / "clf.npz", X
+
+
+# ----------------------------------------------------------------------------- info
+def test_info_describes_a_layer(layer, tmp_path):
+    result = cli("info", layer[1], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "pylstm LSTM, model-file format 1" in result.stdout
+    assert "hidden_size=5" in result.stdout and "bidirectional=True" in result.stdout
+    assert "lstm/weight_hh_l1_reverse" in result.stdout
+    n_parameters = sum(value.size for value in layer[0].state_dict().values())
+    assert f"{n_parameters} parameters" in result.stdout
+    result = cli("info", "--json", layer[1], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    metadata = json.loads(result.stdout)
+    assert metadata["class"] == "LSTM" and metadata["lstm"]["num_layers"] == 2
+
+
+def test_info_describes_an_estimator(classifier, capsys):
+    status, stdout, stderr = run_main("info", classifier[1], capsys=capsys)
+    assert status == 0, stderr
+    assert "pylstm LSTMClassifier" in stdout
+    assert "classes_: ['no', 'yes']" in stdout
+    assert "n_iter_: 2" in stdout
+
+
+# ----------------------------------------------------------------------------- predict
+def test_predict_with_a_layer_writes_its_output(layer, tmp_path, rng, capsys):
+    lstm, path = layer
+    x = rng.normal(size=(4, 6, 3))
+    lengths = np.array([6, 2, 5, 1])
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "lengths.npy", lengths)
+    result = cli("predict", path, "x.npy", "-o", "out.npy", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), lstm(x)[0])
+    status, _, stderr = run_main("predict", path, tmp_path / "x.npy", "--lengths",
+                                 tmp_path / "lengths.npy", "-o", tmp_path / "out.npy",
+                                 capsys=capsys)
+    assert status == 0, stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), lstm(x, lengths=lengths)[0])
+
+
+def test_predict_with_a_classifier_writes_labels_or_probabilities(classifier, tmp_path,
+                                                                  capsys):
+    model, path, X = classifier
+    result = cli("predict", path, "X.npy", "-o", "labels.npy", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    labels = np.load(tmp_path / "labels.npy", allow_pickle=False)
+    assert labels.tolist() == model.predict(X).tolist()
+    status, _, stderr = run_main("predict", path, tmp_path / "X.npy", "--proba", "-o",
+                                 tmp_path / "proba.npy", capsys=capsys)
+    assert status == 0, stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "proba.npy"), model.predict_proba(X))
+
+
+# ----------------------------------------------------------------------------- export-onnx
+def test_export_onnx(classifier, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    model, path, X = classifier
+    result = cli("export-onnx", path, "clf.onnx", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    session = ort.InferenceSession(onnx.load(str(tmp_path / "clf.onnx")).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    labels, probabilities = session.run(None, {"input": X})
+    np.testing.assert_allclose(probabilities, model.predict_proba(X), rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- errors
+def test_errors_in_a_real_process_are_one_line_without_traceback(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a model\n")
+    for args in [("info", "notes.txt"), ()]:
+        result = cli(*args, cwd=tmp_path)
+        assert_one_line_error(result.returncode, result.stdout, result.stderr)
+    assert "not a pylstm model file" in result.stderr or "required" in result.stderr
+
+
+def test_errors_are_one_line_with_a_non_zero_status(layer, tmp_path, rng, capsys,
+                                                    monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _, path = layer
+    np.save(tmp_path / "x.npy", rng.normal(size=(2, 4, 3)))
+    np.save(tmp_path / "wrong.npy", rng.normal(size=(2, 4, 7)))
+    np.save(tmp_path / "objects.npy", np.array([None, 1], dtype=object), allow_pickle=True)
+    (tmp_path / "notes.txt").write_text("not a model\n")
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(path.read_bytes()[:300])
+    cases = [
+        ((), "required: COMMAND"),
+        (("frobnicate", path), "invalid choice"),
+        (("info",), "required: MODEL"),
+        (("info", "missing.npz"), "No such file"),
+        (("info", "notes.txt"), "not a pylstm model file"),
+        (("info", truncated), "truncated"),
+        (("info", "x.npy"), "not a pylstm model file"),
+        (("predict", path, "x.npy"), "required: -o"),
+        (("predict", path, "wrong.npy", "-o", "out.npy"), "7 features.*input_size=3"),
+        (("predict", path, "notes.txt", "-o", "out.npy"), "not a readable .npy"),
+        (("predict", path, "objects.npy", "-o", "out.npy"), "not a readable .npy"),
+        (("predict", path, "x.npy", "--proba", "-o", "out.npy"), "--proba applies to class"),
+        (("predict", path, "x.npy", "-o", tmp_path / "no" / "out.npy"), "cannot write"),
+        (("export-onnx", "notes.txt", "out.onnx"), "not a pylstm model file"),
+    ]
+    for args, message in cases:
+        status, stdout, stderr = run_main(*args, capsys=capsys)
+        assert_one_line_error(status, stdout, stderr)
+        assert re.search(message, stderr), (args, stderr)
+    assert sorted(os.listdir(tmp_path)) == ["layer.npz", "notes.txt", "objects.npy",
+                                            "truncated.npz", "wrong.npy", "x.npy"]
+
+
+def test_version(tmp_path):
+    result = cli("--version", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.strip() == f"pylstm {pylstm.__version__}"
+
+
+def test_help_lists_the_commands(capsys):
+    status, stdout, _ = run_main("--help", capsys=capsys)
+    assert status == 0
+    assert all(command in stdout for command in ("info", "predict", "export-onnx"))
