@@ -31,3 +31,14 @@ bench: $(VENV)/.peers
 
 clean:
 	rm -rf $(VENV) build src/*.c pylstm/*.so *.egg-info
+
+# Release artefacts (README, "Install"): the sdist and stripped manylinux wheels
+# for CPython 3.10-3.13 (found under pyenv) into dist/, each installed into a
+# fresh venv and smoke-tested there, also on the portable path; ends with a table.
+.PHONY: wheels wheel-smoke
+wheels:
+	$(PYTHON) tools/build_wheels.py --all
+
+# What CI runs after the tests: the same for the default Python only.
+wheel-smoke:
+	$(PYTHON) tools/build_wheels.py --python $(PYTHON)
