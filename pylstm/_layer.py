@@ -177,7 +177,7 @@ class LSTM:
     # writable view handed out by parameters() or flat_parameters is alive.
     def _init_weight_cache(self) -> None:
         self._version = 0
-        self._writable_views: weakref.WeakSet = weakref.WeakSet()
+        self._writable_views: list[weakref.ref] = []  # arrays are unhashable: no WeakSet
         self._cache: dict[Any, Any] = {}
         self._cache_version = -1
 
@@ -185,13 +185,18 @@ class LSTM:
         self._version += 1
 
     def _track(self, view: np.ndarray) -> np.ndarray:
-        self._writable_views.add(view)
+        self._writable_views = [ref for ref in self._writable_views if ref() is not None]
+        self._writable_views.append(weakref.ref(view))
         self._params_changed()
         return view
 
+    def _views_alive(self) -> bool:
+        self._writable_views = [ref for ref in self._writable_views if ref() is not None]
+        return bool(self._writable_views)
+
     def _prepared(self, key: Any, build: Any) -> Any:
         """Kernel-ready weights for ``key``, from the cache when it is valid."""
-        if len(self._writable_views):
+        if self._writable_views and self._views_alive():
             return build()
         cache = self._cache
         if self._cache_version != self._version:

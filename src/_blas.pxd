@@ -45,6 +45,27 @@ cdef extern from "_simd.h" nogil:
     void pylstm_gemm_f64(int level, int M, int N, int K, const double *a, long a_row,
                          long a_col, const double *packed_b, double *c, long ldc,
                          int accumulate)
+    void pylstm_transpose_f32(int level, long rows, long cols, const float *src, long ld_src,
+                              float *dst)
+    void pylstm_transpose_f64(int level, long rows, long cols, const double *src, long ld_src,
+                              double *dst)
+
+
+cdef inline floating *transposed(int level, int rows, int cols, const floating *a,
+                                 int lda) noexcept nogil:
+    """A malloc'd (cols, rows) copy of a.T for a SIMD-level matmul, or NULL when out of memory.
+
+    The SIMD GEMM broadcasts A along its rows; reading a transposed A down a
+    column would stride by lda, and a power-of-two stride thrashes one L1 set.
+    """
+    cdef floating *out = <floating *> malloc(max(<long> rows * cols, 1) * sizeof(floating))
+    if out == NULL:
+        return NULL
+    if floating is float:
+        pylstm_transpose_f32(level, rows, cols, a, lda, out)
+    else:
+        pylstm_transpose_f64(level, rows, cols, a, lda, out)
+    return out
 
 
 cdef inline floating *pack_operand(int level, BlasTranspose trans_b, int k, int n,

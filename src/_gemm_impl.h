@@ -58,6 +58,20 @@ GFN(pylstm_pack_b)(int K, int N, const SCALAR *b, long b_row, long b_col, SCALAR
         }
 }
 
+/* dst (cols, rows) = src (rows, cols).T, src with leading dimension ld_src;
+ * in 32 x 32 blocks so both sides stay in cache. */
+__attribute__((target(TARGET))) static void
+GFN(pylstm_transpose)(long rows, long cols, const SCALAR *src, long ld_src, SCALAR *dst) {
+    const long block = 32;
+    for (long i0 = 0; i0 < rows; i0 += block)
+        for (long j0 = 0; j0 < cols; j0 += block) {
+            long i1 = i0 + block < rows ? i0 + block : rows;
+            long j1 = j0 + block < cols ? j0 + block : cols;
+            for (long j = j0; j < j1; ++j)
+                for (long i = i0; i < i1; ++i) dst[j * rows + i] = src[i * ld_src + j];
+        }
+}
+
 /* One tile: rows [m0, m0 + nr) x columns of block blk, k in [k0, k1). */
 __attribute__((target(TARGET), always_inline)) static inline void
 GFN(gtile)(const int nr, int m0, int blk, int k0, int k1, int K, int N,

@@ -36,7 +36,7 @@ from libc.string cimport memcpy
 from _activations cimport sigmoid, tanh_
 from libc.stdlib cimport free
 
-from _blas cimport BlasTranspose, NoTrans, Trans, gemm, matmul, pack_operand
+from _blas cimport BlasTranspose, NoTrans, Trans, gemm, matmul, pack_operand, transposed
 
 
 cdef extern from "_simd.h" nogil:
@@ -340,6 +340,13 @@ cdef int _direction_backward(
     cdef floating *x_p = NULL         # packed_x (N, I)    for [B1] d_w_ih
     cdef floating *h_p = NULL         # hidden_prev (N, P) for [B2] d_w_hh
     cdef floating *r_p = NULL         # cell_out_all (N, H) for [B4] d_w_hr
+    # The weight gradients multiply transposed left operands; at SIMD levels
+    # they are transposed once into these (BLAS reads them in place).
+    cdef floating *d_gates_t = NULL   # d_gates.T (4H, N)
+    cdef floating *d_hidden_t = NULL  # d_hidden_all.T (P, N)
+    cdef const floating *left
+    cdef BlasTranspose trans_left
+    cdef int ld_left
     cdef int status = 0
     if level != PYLSTM_PORTABLE:
         w_hh_p = pack_operand(level, NoTrans, G, P, w_hh, P)
@@ -369,22 +376,33 @@ cdef int _direction_backward(
             # [B2] d_hidden[:live] = d_gates @ w_hh : (live, 4H) @ (4H, P)
             matmul(level, NoTrans, NoTrans, live, P, G, gates + row * G, G, w_hh, P, w_hh_p,
                    False, d_hidden, P)
-        # [B1] d_w_ih = d_gates.T @ packed_x : (4H, N) @ (N, I)
-        matmul(level, Trans, NoTrans, G, I, N, gates, G, packed_x, I, x_p, False, d_w_ih, I)
-        # [B2] d_w_hh = d_gates.T @ hidden_prev : (4H, N) @ (N, P)
-        matmul(level, Trans, NoTrans, G, P, N, gates, G, hidden_prev, P, h_p, False,
-               d_w_hh, P)
+        left, trans_left, ld_left = gates, Trans, G
+        if level != PYLSTM_PORTABLE:
+            d_gates_t = transposed(level, N, G, gates, G)
+            if d_gates_t == NULL:
+                status = -1
+            left, trans_left, ld_left = d_gates_t, NoTrans, N
+        if status == 0:
+            # [B1] d_w_ih = d_gates.T @ packed_x : (4H, N) @ (N, I)
+            matmul(level, trans_left, NoTrans, G, I, N, left, ld_left, packed_x, I, x_p,
+                   False, d_w_ih, I)
+            # [B2] d_w_hh = d_gates.T @ hidden_prev : (4H, N) @ (N, P)
+            matmul(level, trans_left, NoTrans, G, P, N, left, ld_left, hidden_prev, P, h_p,
+                   False, d_w_hh, P)
         # [B3] d_bias = d_gates.sum(axis=0), the same for b_ih and b_hh
         _row_sums(gates, N, G, d_bias)
-        if projects:
+        if projects and status == 0:
+            left, trans_left, ld_left = d_hidden_all, Trans, P
             if level != PYLSTM_PORTABLE:
                 r_p = pack_operand(level, NoTrans, N, H, cell_out_all, H)
-                if r_p == NULL:
+                d_hidden_t = transposed(level, N, P, d_hidden_all, P)
+                if r_p == NULL or d_hidden_t == NULL:
                     status = -1
+                left, trans_left, ld_left = d_hidden_t, NoTrans, N
             if status == 0:
                 # [B4] d_w_hr = d_hidden_all.T @ cell_out_all : (P, N) @ (N, H)
-                matmul(level, Trans, NoTrans, P, H, N, d_hidden_all, P, cell_out_all, H, r_p,
-                       False, d_w_hr, H)
+                matmul(level, trans_left, NoTrans, P, H, N, left, ld_left, cell_out_all, H,
+                       r_p, False, d_w_hr, H)
         # [B1] d_packed_x (+)= d_gates @ w_ih : (N, 4H) @ (4H, I)
         matmul(level, NoTrans, NoTrans, N, I, G, gates, G, w_ih, I, w_ih_p,
                accumulate_dx, d_packed_x, I)
@@ -394,6 +412,8 @@ cdef int _direction_backward(
     free(x_p)
     free(h_p)
     free(r_p)
+    free(d_gates_t)
+    free(d_hidden_t)
     return status
 
 

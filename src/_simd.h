@@ -176,6 +176,11 @@ static void pylstm_gemm_##tag(int level, int M, int N, int K, const T *a, long a
         pylstm_gemm_##tag##_avx512(M, N, K, a, a_row, a_col, packed_b, c, ldc, accumulate); \
     else if (level == PYLSTM_AVX2)                                                        \
         pylstm_gemm_##tag##_avx2(M, N, K, a, a_row, a_col, packed_b, c, ldc, accumulate);   \
+}                                                                                         \
+static void pylstm_transpose_##tag(int level, long rows, long cols, const T *src,         \
+                                   long ld_src, T *dst) {                                 \
+    if (level == PYLSTM_AVX512) pylstm_transpose_##tag##_avx512(rows, cols, src, ld_src, dst); \
+    else if (level == PYLSTM_AVX2) pylstm_transpose_##tag##_avx2(rows, cols, src, ld_src, dst); \
 }
 #if PYLSTM_HAVE_SIMD
 PYLSTM_GEMM_DISPATCH(float, f32)
@@ -187,6 +192,8 @@ static void pylstm_gemm_f32(int l, int M, int N, int K, const float *a, long ar,
                             const float *p, float *c, long ldc, int acc) {}
 static void pylstm_gemm_f64(int l, int M, int N, int K, const double *a, long ar, long ac,
                             const double *p, double *c, long ldc, int acc) {}
+static void pylstm_transpose_f32(int l, long r, long c, const float *s, long ld, float *d) {}
+static void pylstm_transpose_f64(int l, long r, long c, const double *s, long ld, double *d) {}
 #endif
 #undef PYLSTM_GEMM_DISPATCH
 

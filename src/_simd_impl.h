@@ -139,9 +139,26 @@ __attribute__((target(TARGET), always_inline)) static inline void
 FN(tile)(const int nr, const FN(pylstm_step_args) *a, int u, int width, int row0) {
     const int H = a->H, P = a->P, K = a->P + a->I;
     const float *panel = a->panels + (long)u * K * 4 * VW;
-    VEC acc[4][NR];
+    VEC acc[4][NR], x_term[4][NR];
+    /* [F1] fused: x_term[gate][b] = w_ih[gate units] @ x[row0 + b]. Summed on
+     * its own, in the order of the separate input GEMM, so a sequence gets the
+     * same bits whichever path its batch size picks. */
     for (int b = 0; b < nr; ++b)
         for (int gate = 0; gate < 4; ++gate) acc[gate][b] = (VEC){0};
+    for (int k = P; k < K; ++k) {
+        const float *w = panel + (long)k * 4 * VW;
+        VEC w_i = FN(load)(w), w_f = FN(load)(w + VW);
+        VEC w_g = FN(load)(w + 2 * VW), w_o = FN(load)(w + 3 * VW);
+        for (int b = 0; b < nr; ++b) {
+            float x = a->x[(long)(row0 + b) * a->ld_x + (k - P)];
+            acc[0][b] += w_i * x;
+            acc[1][b] += w_f * x;
+            acc[2][b] += w_g * x;
+            acc[3][b] += w_o * x;
+        }
+    }
+    for (int b = 0; b < nr; ++b)
+        for (int gate = 0; gate < 4; ++gate) { x_term[gate][b] = acc[gate][b]; acc[gate][b] = (VEC){0}; }
     /* [F2] acc[gate][b] += w_hh[gate units, k] * h_prev[row0 + b, k] */
     for (int k = 0; k < P; ++k) {
         const float *w = panel + (long)k * 4 * VW;
@@ -155,19 +172,6 @@ FN(tile)(const int nr, const FN(pylstm_step_args) *a, int u, int width, int row0
             acc[3][b] += w_o * h;
         }
     }
-    /* [F1] fused: acc[gate][b] += w_ih[gate units, k] * x[row0 + b, k] */
-    for (int k = P; k < K; ++k) {
-        const float *w = panel + (long)k * 4 * VW;
-        VEC w_i = FN(load)(w), w_f = FN(load)(w + VW);
-        VEC w_g = FN(load)(w + 2 * VW), w_o = FN(load)(w + 3 * VW);
-        for (int b = 0; b < nr; ++b) {
-            float x = a->x[(long)(row0 + b) * a->ld_x + (k - P)];
-            acc[0][b] += w_i * x;
-            acc[1][b] += w_f * x;
-            acc[2][b] += w_g * x;
-            acc[3][b] += w_o * x;
-        }
-    }
     /* [F3] epilogue: (+ input term) + bias, activations, cell update */
     const int unit0 = u * VW;
     const int full = width == VW;
@@ -179,10 +183,13 @@ FN(tile)(const int nr, const FN(pylstm_step_args) *a, int u, int width, int row0
         long row = row0 + b;
         float *z = a->gates + row * a->ld_gates + unit0;
         float *c_row = a->cell + row * a->ld_cell + unit0;
+        /* z = (h @ w_hh.T + bias) + x @ w_ih.T, the same association on both paths */
         VEC zi = acc[0][b] + bias_i, zf = acc[1][b] + bias_f;
         VEC zg = acc[2][b] + bias_g, zo = acc[3][b] + bias_o;
         if (a->I == 0) {
             zi += LOAD(z); zf += LOAD(z + H); zg += LOAD(z + 2 * H); zo += LOAD(z + 3 * H);
+        } else {
+            zi += x_term[0][b]; zf += x_term[1][b]; zg += x_term[2][b]; zo += x_term[3][b];
         }
         VEC i = FN(vsigmoid)(zi), f = FN(vsigmoid)(zf), g = FN(vtanh)(zg), o = FN(vsigmoid)(zo);
         VEC c = f * LOAD(c_row) + i * g;

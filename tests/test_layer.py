@@ -667,3 +667,34 @@ def test_constructor_rejects_bad_hyperparameters():
         pylstm.LSTM(input_size=3, hidden_size=4, num_layers=2, dropout=1.5)
     with pytest.raises((TypeError, ValueError), match="dtype"):
         pylstm.LSTM(input_size=3, hidden_size=4, dtype=np.int32)
+
+
+def test_writable_views_keep_inference_in_step_with_the_parameters():
+    """Inference caches kernel-ready weights; writes through views must never be missed."""
+    lstm = pylstm.LSTM(3, 16, random_state=0)
+    x = np.random.default_rng(0).standard_normal((2, 5, 3)).astype(np.float32)
+    before, _ = lstm(x)
+    view = lstm.parameters()["weight_hh_l0"]
+    lstm(x)                      # a call while the view is alive
+    view *= 0.5                  # then a write through the held view
+    after, _ = lstm(x)
+    fresh = pylstm.LSTM(3, 16)
+    fresh.load_state_dict(lstm.state_dict())
+    np.testing.assert_array_equal(after, fresh(x)[0])
+    assert not np.array_equal(before, after)
+    del view
+    flat = lstm.flat_parameters
+    flat -= 0.01
+    del flat
+    np.testing.assert_array_equal(lstm(x)[0], _fresh_copy(lstm)(x)[0])
+    y0, _ = lstm.step(x[:, 0])
+    lstm.flat_parameters += 0.01
+    y1, _ = lstm.step(x[:, 0])
+    np.testing.assert_array_equal(y1, _fresh_copy(lstm).step(x[:, 0])[0])
+    assert not np.array_equal(y0, y1)
+
+
+def _fresh_copy(lstm):
+    copy = pylstm.LSTM(lstm.input_size, lstm.hidden_size, lstm.num_layers)
+    copy.load_state_dict(lstm.state_dict())
+    return copy
