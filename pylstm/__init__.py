@@ -11,7 +11,7 @@ from ._layer import LSTM, Gradients
 from ._version import __version__
 
 __all__ = ["LSTM", "Gradients", "LSTMClassifier", "LSTMRegressor", "load", "save",
-           "__version__"]
+           "to_onnx", "__version__"]
 
 # Estimators import scikit-learn, an optional dependency: load them on first use
 # so that `import pylstm` stays light and works without it.
@@ -19,6 +19,10 @@ _ESTIMATORS = {"LSTMClassifier", "LSTMRegressor"}
 
 
 def __getattr__(name: str) -> Any:
+    if name == "to_onnx":  # needs the optional onnx package, imported on use
+        from ._onnx import to_onnx
+
+        return to_onnx
     if name in _ESTIMATORS:
         try:
             from . import _estimators

@@ -91,6 +91,12 @@ class _BaseLSTM(BaseEstimator):
         self.epsilon = epsilon
 
     # ------------------------------------------------------------------ tags
+    def save(self, path: Any) -> None:
+        """Write this fitted estimator to one model file (see :func:`pylstm.load`); atomic, no pickle."""
+        from ._io import save
+
+        save(self, path)
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.three_d_array = True
@@ -305,9 +311,12 @@ class _BaseLSTM(BaseEstimator):
         X = self._convert_X(X, reset=first_pass, dtype=dtype)
         targets, n_outputs = self._encode_targets(y, X, dtype, first_pass, incremental, classes)
         sample_weight = _check_sample_weight(sample_weight, X, dtype=dtype)
-        if first_pass:
+        if first_pass or not hasattr(self, "_rng"):
+            # (a model file holds no training state: a loaded estimator that goes
+            # on training starts a fresh random stream and optimizer)
             self._rng = np.random.default_rng(
                 check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        if first_pass:
             self._initialize(X.shape[2], n_outputs, dtype, targets, sample_weight)
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")

@@ -489,3 +489,19 @@ def test_pickle_and_joblib_of_estimators_keep_working(tmp_path, rng):
     joblib.dump(model, tmp_path / "clf.joblib")
     np.testing.assert_array_equal(joblib.load(tmp_path / "clf.joblib").predict_proba(X),
                                   model.predict_proba(X))
+
+
+def test_loaded_estimator_can_keep_training(tmp_path):
+    """A model file holds no optimizer state; partial_fit / warm_start start it afresh."""
+    sklearn = pytest.importorskip("sklearn")  # noqa: F841
+    from pylstm import LSTMClassifier
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 6, 2)).astype(np.float32)
+    y = (X[:, :, 0].sum(axis=1) > 0).astype(int)
+    clf = LSTMClassifier(hidden_size=8, max_iter=3, random_state=0).fit(X, y)
+    clf.save(tmp_path / "clf.npz")
+    loaded = pylstm.load(tmp_path / "clf.npz")
+    loaded.partial_fit(X, y)
+    assert loaded.n_iter_ >= 1 and np.all(np.isfinite(loaded.predict_proba(X)))
+    loaded.set_params(warm_start=True).fit(X, y)
+    assert np.all(np.isfinite(loaded.predict_proba(X)))

@@ -8,19 +8,14 @@ from sklearn.utils.estimator_checks import (  # noqa: E402
 
 from pylstm import LSTMClassifier, LSTMRegressor  # noqa: E402
 
-_FLOAT32 = ("float32 BLAS kernels may round a sequence's result differently (by 1 ulp) "
-            "depending on its position and the batch size, beyond the check's rtol=1e-7; "
-            "passes in float64 (test_batch_invariance_in_float64)")
 _MINI_BATCH = ("mini-batch training: repeating a sample changes the batches and the number "
                "of updates per epoch, so weights are not duplicates (as MLP's sgd/adam); "
                "holds for full-batch float64 training (test_sample_weight_equivalence_full_batch)")
 
-# Every check that cannot pass (in float32 / mini-batch training), with its reason.
+# Every check that cannot pass (mini-batch training), with its reason.
 EXPECTED_FAILED_CHECKS = {
     name: {
         "check_sample_weight_equivalence_on_dense_data": _MINI_BATCH,
-        "check_methods_subset_invariance": _FLOAT32,
-        "check_methods_sample_order_invariance": _FLOAT32,
     } for name in ("LSTMClassifier", "LSTMRegressor")
 }
 
@@ -47,6 +42,7 @@ def test_sklearn_compatible_estimator(estimator, check):
 @pytest.mark.parametrize("check", [check_methods_subset_invariance,
                                    check_methods_sample_order_invariance])
 def test_batch_invariance_in_float64(estimator, check):
+    """The float32 default is covered by the estimator checks; float64 runs the BLAS-free path too."""
     check(estimator.__name__, estimator(dtype="float64", max_iter=20, random_state=0))
 
 
