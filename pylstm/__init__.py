@@ -2,20 +2,24 @@
 
 A compiled forward/backward kernel (Cython + scipy's BLAS), a layer with
 torch.nn.LSTM's semantics (:class:`LSTM`), and scikit-learn estimators
-(:class:`LSTMClassifier`, :class:`LSTMRegressor`; need ``pip install pylstm[sklearn]``).
+(:class:`LSTMClassifier`, :class:`LSTMRegressor`, :class:`LSTMForecaster`; need
+``pip install pylstm[sklearn]``), and NumPy helpers for variable-length sequences
+and forecasting windows (:func:`pad_sequences`, :func:`unpad`, :func:`make_windows`).
 """
 from typing import Any
 
 from ._io import load, save
 from ._layer import LSTM, Gradients
+from ._sequences import make_windows, pad_sequences, unpad
 from ._version import __version__
 
-__all__ = ["LSTM", "Gradients", "LSTMClassifier", "LSTMRegressor", "load", "save",
-           "to_onnx", "__version__"]
+__all__ = ["LSTM", "Gradients", "LSTMClassifier", "LSTMRegressor", "LSTMForecaster", "load",
+           "save", "to_onnx", "pad_sequences", "unpad", "make_windows", "__version__"]
 
 # Estimators import scikit-learn, an optional dependency: load them on first use
 # so that `import pylstm` stays light and works without it.
-_ESTIMATORS = {"LSTMClassifier", "LSTMRegressor"}
+_ESTIMATORS = {"LSTMClassifier": "_estimators", "LSTMRegressor": "_estimators",
+               "LSTMForecaster": "_forecaster"}
 
 
 def __getattr__(name: str) -> Any:
@@ -24,12 +28,14 @@ def __getattr__(name: str) -> Any:
 
         return to_onnx
     if name in _ESTIMATORS:
+        import importlib
+
         try:
-            from . import _estimators
+            module = importlib.import_module(f".{_ESTIMATORS[name]}", __name__)
         except ImportError as exc:
             if "sklearn" not in str(exc):
                 raise
             raise ImportError(
                 f"pylstm.{name} needs scikit-learn: pip install 'pylstm[sklearn]'") from exc
-        return getattr(_estimators, name)
+        return getattr(module, name)
     raise AttributeError(f"module 'pylstm' has no attribute {name!r}")

@@ -6,6 +6,18 @@ hidden state (both directions' final states, concatenated, when bidirectional)::
     features = concat(h_n[-D:])            (batch, D * P)
     logits   = features @ head_coef_ + head_intercept_
 
+or, with ``output="sequence"``, the same head on the top layer's output at
+every valid step (``out[b, t]``, ``t < lengths[b]``), one prediction per step,
+the loss averaged over valid steps only.
+
+``X`` may also be a list of sequences of different lengths, ``(T_i, n_features)``
+or ``(T_i,)``: it is padded once (``_sequences.pad_sequences``) and every call
+to the layer passes the ``lengths``, so padding is never computed on, each
+sequence's prediction depends on its own steps only, and a bidirectional
+model reads each sequence backwards from its own end. With ``shuffle=True``
+the mini-batches of such data group sequences of similar length
+(``_sequences.bucket_batches``) and are trimmed to their longest sequence.
+
 trained with softmax cross-entropy (classifier, binary included) or half the
 mean squared error (regressor), by mini-batch Adam or SGD. Parameter names,
 defaults, fitted attributes and the stopping rule follow scikit-learn's
@@ -36,6 +48,7 @@ from sklearn.utils.validation import (_check_sample_weight, check_array,
 
 from ._layer import LSTM
 from ._optimizers import SGD, Adam
+from ._sequences import _as_sequences, bucket_batches, pad_sequences, unpad
 from ._validation import resolve_dtype
 
 try:
@@ -56,14 +69,15 @@ _PROGRESS_SECONDS = 10.0
 class _BaseLSTM(BaseEstimator):
     """Shared fit loop, input conversion and model of the two estimators."""
 
-    def __init__(self, hidden_size=64, *, num_layers=1, bidirectional=False, dropout=0.0,
-                 solver="adam", learning_rate_init=1e-3, batch_size="auto", max_iter=200,
+    def __init__(self, hidden_size=64, *, output="last", num_layers=1, bidirectional=False,
+                 dropout=0.0, solver="adam", learning_rate_init=1e-3, batch_size="auto", max_iter=200,
                  alpha=0.0, clip_norm=5.0, early_stopping=False, validation_fraction=0.1,
                  n_iter_no_change=10, tol=1e-4, shuffle=True, random_state=None, verbose=0,
                  warm_start=False, dtype="float32", learning_rate="constant", power_t=0.5,
                  momentum=0.9, nesterovs_momentum=True, beta_1=0.9, beta_2=0.999,
                  epsilon=1e-8):
         self.hidden_size = hidden_size
+        self.output = output
         self.num_layers = num_layers
         self.bidirectional = bidirectional
         self.dropout = dropout
@@ -153,7 +167,7 @@ class _BaseLSTM(BaseEstimator):
                      "nesterovs_momentum"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        for name, options in (("solver", ("adam", "sgd")),
+        for name, options in (("output", ("last", "sequence")), ("solver", ("adam", "sgd")),
                               ("learning_rate", ("constant", "invscaling", "adaptive"))):
             if getattr(self, name) not in options:
                 raise ValueError(f"{name} must be one of {options}, got {getattr(self, name)!r}")
@@ -162,49 +176,95 @@ class _BaseLSTM(BaseEstimator):
         except TypeError as exc:
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}") from exc
 
-    def _convert_X(self, X: Any, *, reset: bool, dtype: np.dtype) -> np.ndarray:
-        """Turn X into a C-contiguous (n_samples, n_timesteps, n_features) array of the model's dtype.
+    def _convert_X(self, X: Any, *, reset: bool, dtype: np.dtype
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Turn X into a C-contiguous (n_samples, n_timesteps, n_features) array and its lengths.
 
         The single entry point for input: 2-D X, ``(n, T)``, is a batch of
         univariate series and goes through scikit-learn's ``validate_data``, so
         ``n_features_in_`` (= T) and ``feature_names_in_`` behave as scikit-learn
         expects; for 3-D X, ``n_features_in_`` is the number of features per step
-        and any sequence length is valid.
+        and any sequence length is valid. Lengths are None for those.
+
+        A list (or tuple) of sequences, ``(T_i, n_features)`` or ``(T_i,)``, is
+        padded after each sequence and comes back with its lengths; it is read
+        as 3-D X (``n_features_in_`` counts features per step), since
+        scikit-learn's ``check_array`` refuses arrays of unequal lengths.
         """
         name = type(self).__name__
+        sequences = _sequence_list(X)
+        if sequences is not None:
+            arrays = _as_sequences(sequences, "X")
+            X, lengths = pad_sequences(arrays, dtype=dtype)
+            if not np.isfinite(X).all():  # finite before, too large for float32 now
+                raise ValueError(f"X has values too large for {np.dtype(dtype).name}")
+            self._check_step_features(X.shape[2], reset)
+            return X, lengths
         if not hasattr(X, "ndim"):
             X = np.asarray(X)
         ndim = X.ndim
         fitted_2d = not reset and self._fit_ndim == 2
         if ndim == 3:
             X = check_array(X, dtype=dtype, allow_nd=True, order="C")
-            features = X.shape[2]
-            if reset:
-                self.n_features_in_ = features
-                self._fit_ndim = 3
-                if hasattr(self, "feature_names_in_"):
-                    del self.feature_names_in_
-            elif fitted_2d and features != 1:
-                raise ValueError(f"X has {features} features per time step, but {name} was "
-                                 f"fitted on univariate series (2-D X) and expects 1")
-            elif not fitted_2d and features != self.n_features_in_:
-                raise ValueError(f"X has {features} features, but {name} is expecting "
-                                 f"{self.n_features_in_} features as input.")
-            return X
+            self._check_step_features(X.shape[2], reset)
+            return X, None
         if ndim == 2 and not reset and not fitted_2d:
             # fitted on 3-D X: a 2-D X is univariate series of any length
             X = check_array(X, dtype=dtype, order="C")
             if self.n_features_in_ != 1:
                 raise ValueError(f"X has {X.shape[1]} features, but {name} is expecting "
                                  f"{self.n_features_in_} features as input.")
-            return X[:, :, np.newaxis]
+            return X[:, :, np.newaxis], None
         if ndim > 3:
             raise ValueError(f"X must have 2 dimensions (n_samples, n_timesteps) or 3 "
                              f"(n_samples, n_timesteps, n_features), got shape {np.shape(X)}")
         X = _validate_data(self, X, reset=reset, dtype=dtype, order="C")
         if reset:
             self._fit_ndim = 2
-        return X[:, :, np.newaxis]
+        return X[:, :, np.newaxis], None
+
+    def _check_step_features(self, features: int, reset: bool) -> None:
+        """Record (fit) or check (afterwards) the number of features per step of 3-D X."""
+        name = type(self).__name__
+        if reset:
+            self.n_features_in_ = features
+            self._fit_ndim = 3
+            if hasattr(self, "feature_names_in_"):
+                del self.feature_names_in_
+        elif self._fit_ndim == 2 and features != 1:
+            raise ValueError(f"X has {features} features per time step, but {name} was "
+                             f"fitted on univariate series (2-D X) and expects 1")
+        elif self._fit_ndim != 2 and features != self.n_features_in_:
+            raise ValueError(f"X has {features} features, but {name} is expecting "
+                             f"{self.n_features_in_} features as input.")
+
+    def _step_targets(self, y: Any, n_samples: int, n_timesteps: int,
+                      lengths: np.ndarray | None) -> np.ndarray:
+        """Per-step targets (output="sequence") -> their valid steps stacked, (sum(lengths), ...).
+
+        ``y`` is an array (n_samples, n_timesteps[, n_outputs]) or a list of one
+        array (T_i[, n_outputs]) per sequence.
+        """
+        if lengths is None:
+            lengths = np.full(n_samples, n_timesteps, dtype=np.intp)
+        if isinstance(y, (list, tuple)):
+            if len(y) != n_samples:
+                raise ValueError(f"y has {len(y)} sequences of targets, but X has {n_samples}")
+            parts = [np.asarray(item) for item in y]
+            for index, (part, length) in enumerate(zip(parts, lengths)):
+                if part.ndim not in (1, 2) or part.shape[0] != length or \
+                        part.shape[1:] != parts[0].shape[1:]:
+                    raise ValueError(
+                        f"y[{index}] must have shape ({length},) or ({length}, n_outputs), like "
+                        f"the others, to match sequence {index} of X, got shape {part.shape}")
+            return np.concatenate(parts)
+        y = np.asarray(y)
+        if y.ndim not in (2, 3) or y.shape[:2] != (n_samples, n_timesteps):
+            raise ValueError(
+                f"with output='sequence', y must have shape ({n_samples}, {n_timesteps}) or "
+                f"({n_samples}, {n_timesteps}, n_outputs), one target per step of X, or be a "
+                f"list of per-sequence arrays; got shape {y.shape}")
+        return y[_step_mask(lengths, n_timesteps)]
 
     # ------------------------------------------------------------------ model
     def _initialize(self, n_step_features: int, n_outputs: int, dtype: np.dtype,
@@ -247,18 +307,42 @@ class _BaseLSTM(BaseEstimator):
     def _params(self) -> list[np.ndarray]:
         return [self.lstm_.flat_parameters, self._head]
 
-    def _features(self, X: np.ndarray) -> np.ndarray:
-        """Top layer's final hidden states, (n, D * P), by inference in chunks of sequences."""
+    def _logits(self, X: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
+        """Head outputs by inference in chunks of sequences.
+
+        (n, n_outputs) from the final states, or with output="sequence"
+        (n, T, n_outputs) from every step (past a sequence's end: the head's
+        intercept, which nothing reads).
+        """
         lstm = self.lstm_
         D = lstm.num_directions
-        features = np.empty((X.shape[0], D * lstm.output_size), lstm.dtype)
+        coef, intercept = self.head_coef_, self.head_intercept_
+        per_step = self.output == "sequence"
+        shape = (X.shape[0], X.shape[1]) if per_step else (X.shape[0],)
+        logits = np.empty(shape + (self._n_head_outputs,), lstm.dtype)
         for start in range(0, X.shape[0], _PREDICT_CHUNK):
-            _, (h_n, _) = lstm(X[start:start + _PREDICT_CHUNK])
-            features[start:start + _PREDICT_CHUNK] = _last_states(h_n, D)
-        return features
+            rows = slice(start, start + _PREDICT_CHUNK)
+            out, (h_n, _) = lstm(X[rows], lengths=None if lengths is None else lengths[rows])
+            features = out if per_step else _last_states(h_n, D)
+            np.matmul(features, coef, out=logits[rows])
+            logits[rows] += intercept
+        return logits
 
-    def _logits(self, X: np.ndarray) -> np.ndarray:
-        return self._features(X) @ self.head_coef_ + self.head_intercept_
+    def _valid_steps(self, values: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
+        """(n, T, ...) per-step values -> (sum(lengths), ...) valid ones; unchanged for output="last"."""
+        if self.output != "sequence":
+            return values
+        if lengths is None:
+            return values.reshape((-1,) + values.shape[2:])
+        return values[_step_mask(lengths, values.shape[1])]
+
+    def _step_weights(self, weights: np.ndarray, n_timesteps: int,
+                      lengths: np.ndarray | None) -> np.ndarray:
+        """Per-sequence weights -> one per valid step (output="sequence"); unchanged otherwise."""
+        if self.output != "sequence":
+            return weights
+        steps = np.broadcast_to(weights[:, np.newaxis], (weights.shape[0], n_timesteps))
+        return self._valid_steps(steps, lengths)
 
     def _make_optimizer(self, dtype: np.dtype):
         sizes = [p.size for p in self._params()]
@@ -269,28 +353,50 @@ class _BaseLSTM(BaseEstimator):
                     self.epsilon)
 
     # ------------------------------------------------------------------ one step
-    def _batch_gradients(self, X: np.ndarray, targets: np.ndarray, weights: np.ndarray
-                         ) -> tuple[float, list[np.ndarray]]:
-        """Loss and flat gradients [LSTM, head] of one mini-batch (includes the L2 term)."""
+    def _batch_gradients(self, X: np.ndarray, lengths: np.ndarray | None, targets: np.ndarray,
+                         weights: np.ndarray) -> tuple[float, list[np.ndarray]]:
+        """Loss and flat gradients [LSTM, head] of one mini-batch (includes the L2 term).
+
+        The loss is the weighted mean over sequences (output="last") or over
+        their valid steps, each step weighted by its sequence (output="sequence").
+        """
         lstm = self.lstm_
         D, P = lstm.num_directions, lstm.output_size
-        _, (h_n, c_n), cache = lstm.forward_train(X, rng=self._rng)
-        features = _last_states(h_n, D)                                  # (B, D*P)
+        out, (h_n, c_n), cache = lstm.forward_train(X, lengths=lengths, rng=self._rng)
+        per_step = self.output == "sequence"
+        if per_step:
+            features = self._valid_steps(out, lengths)                   # (steps, D*P)
+            targets = self._valid_steps(targets, lengths)
+            step_weights = self._step_weights(weights, X.shape[1], lengths)
+        else:
+            features = _last_states(h_n, D)                              # (B, D*P)
+            step_weights = weights
         coef, intercept = self.head_coef_, self.head_intercept_
-        logits = features @ coef + intercept                              # (B, n_out)
-        weight_sum = float(weights.sum())
-        loss, d_logits = self._loss_gradient(logits, targets, weights / weights.dtype.type(weight_sum))
+        logits = features @ coef + intercept                              # (rows, n_out)
+        step_sum = float(step_weights.sum())
+        loss, d_logits = self._loss_gradient(logits, targets,
+                                             step_weights / step_weights.dtype.type(step_sum))
         grad_head = np.empty_like(self._head)
         n_coef = coef.size
         np.matmul(features.T, d_logits, out=grad_head[:n_coef].reshape(coef.shape))
         grad_head[n_coef:] = d_logits.sum(axis=0)
-        d_features = d_logits @ coef.T                                    # (B, D*P)
+        d_features = d_logits @ coef.T                                    # (rows, D*P)
         batch = X.shape[0]
-        d_h_n = np.zeros_like(h_n)
-        d_h_n[-D:] = d_features.reshape(batch, D, P).transpose(1, 0, 2)
-        grads = [lstm.backward(cache, grad_state=(d_h_n, np.zeros_like(c_n))).flat, grad_head]
+        if per_step:
+            d_out = np.zeros_like(out)
+            if lengths is None:
+                d_out.reshape(-1, D * P)[...] = d_features
+            else:
+                d_out[_step_mask(lengths, X.shape[1])] = d_features
+            gradients = lstm.backward(cache, grad_output=d_out)
+        else:
+            d_h_n = np.zeros_like(h_n)
+            d_h_n[-D:] = d_features.reshape(batch, D, P).transpose(1, 0, 2)
+            gradients = lstm.backward(cache, grad_state=(d_h_n, np.zeros_like(c_n)))
+        grads = [gradients.flat, grad_head]
         if self.alpha:
-            scale = self.alpha / weight_sum
+            # scaled by the batch's sequence weight, as MLP's by its sample count
+            scale = self.alpha / float(weights.sum())
             for param, grad, mask in zip(self._params(), grads, self._l2_masks):
                 masked = param * mask
                 loss += 0.5 * scale * float(np.dot(masked, masked))
@@ -308,32 +414,52 @@ class _BaseLSTM(BaseEstimator):
         first_pass = not hasattr(self, "lstm_") or (not self.warm_start and not incremental)
         if not first_pass:
             dtype = self.lstm_.dtype
-        X = self._convert_X(X, reset=first_pass, dtype=dtype)
-        targets, n_outputs = self._encode_targets(y, X, dtype, first_pass, incremental, classes)
+        X, lengths = self._convert_X(X, reset=first_pass, dtype=dtype)
         sample_weight = _check_sample_weight(sample_weight, X, dtype=dtype)
+        if self.output == "sequence":
+            # encode the valid steps' targets as one flat set, then pad them like X
+            step_y = self._step_targets(y, X.shape[0], X.shape[1], lengths)
+            flat, n_outputs = self._encode_targets(step_y, step_y, dtype, first_pass,
+                                                   incremental, classes)
+            if lengths is None:
+                targets = flat.reshape(X.shape[:2] + flat.shape[1:])
+            else:
+                targets = np.zeros(X.shape[:2] + flat.shape[1:], flat.dtype)
+                targets[_step_mask(lengths, X.shape[1])] = flat
+            init_targets = flat
+            init_weights = self._step_weights(sample_weight, X.shape[1], lengths)
+        else:
+            targets, n_outputs = self._encode_targets(y, X, dtype, first_pass, incremental,
+                                                      classes)
+            init_targets, init_weights = targets, sample_weight
         if first_pass or not hasattr(self, "_rng"):
             # (a model file holds no training state: a loaded estimator that goes
             # on training starts a fresh random stream and optimizer)
             self._rng = np.random.default_rng(
                 check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         if first_pass:
-            self._initialize(X.shape[2], n_outputs, dtype, targets, sample_weight)
+            self._initialize(X.shape[2], n_outputs, dtype, init_targets, init_weights)
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
         if not incremental or not hasattr(self, "_optimizer"):
             self._optimizer = self._make_optimizer(dtype)
-        self._fit_stochastic(X, targets, sample_weight, incremental)
+        self._fit_stochastic(X, lengths, targets, sample_weight, incremental)
         return self
 
-    def _fit_stochastic(self, X: np.ndarray, targets: np.ndarray, sample_weight: np.ndarray,
-                        incremental: bool) -> None:
+    def _fit_stochastic(self, X: np.ndarray, lengths: np.ndarray | None, targets: np.ndarray,
+                        sample_weight: np.ndarray, incremental: bool) -> None:
         name = type(self).__name__
         early_stopping = self.early_stopping
+        lengths_val = None
         if early_stopping:
-            stratify = targets if self._stratify else None
-            X, X_val, targets, targets_val, sample_weight, weight_val = train_test_split(
-                X, targets, sample_weight, test_size=self.validation_fraction, stratify=stratify,
+            stratify = targets if self._stratify and self.output == "last" else None
+            arrays = [X, targets, sample_weight] + ([] if lengths is None else [lengths])
+            split = train_test_split(
+                *arrays, test_size=self.validation_fraction, stratify=stratify,
                 random_state=int(self._rng.integers(np.iinfo(np.int32).max)))
+            X, X_val, targets, targets_val, sample_weight, weight_val = split[:6]
+            if lengths is not None:
+                lengths, lengths_val = split[6:]
             if X_val.shape[0] < 2:
                 raise ValueError("The validation set is too small. Increase "
                                  "'validation_fraction' or the size of your dataset.")
@@ -345,22 +471,25 @@ class _BaseLSTM(BaseEstimator):
                 warnings.warn("Got `batch_size` less than 1 or larger than sample size. "
                               "It is going to be clipped")
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
-        n_batches = -(-n_samples // batch_size)
         params = self._params()
         optimizer = self._optimizer
         try:
             self.n_iter_ = 0
             for _ in range(self.max_iter):
                 epoch_start = last_report = time.perf_counter()
-                order = self._rng.permutation(n_samples) if self.shuffle else None
+                batches = self._epoch_batches(n_samples, batch_size, lengths)
                 accumulated_loss = 0.0
-                for batch_index, start in enumerate(range(0, n_samples, batch_size)):
-                    if order is None:
-                        rows = slice(start, start + batch_size)
-                    else:
-                        rows = order[start:start + batch_size]
-                    X_batch = X[rows]
-                    loss, grads = self._batch_gradients(X_batch, targets[rows],
+                seen = 0
+                for batch_index, rows in enumerate(batches):
+                    X_batch, targets_batch, lengths_batch = X[rows], targets[rows], None
+                    if lengths is not None:
+                        # trimmed to the batch's longest sequence: the rest is padding
+                        lengths_batch = lengths[rows]
+                        steps = int(lengths_batch.max())
+                        X_batch = np.ascontiguousarray(X_batch[:, :steps])
+                        if self.output == "sequence":
+                            targets_batch = targets_batch[:, :steps]
+                    loss, grads = self._batch_gradients(X_batch, lengths_batch, targets_batch,
                                                         sample_weight[rows])
                     norm = math.sqrt(sum(float(np.dot(g, g)) for g in grads))
                     if not (math.isfinite(loss) and math.isfinite(norm)):
@@ -370,17 +499,18 @@ class _BaseLSTM(BaseEstimator):
                             grad *= grad.dtype.type(self.clip_norm / norm)
                     optimizer.step(params, grads)
                     accumulated_loss += loss * X_batch.shape[0]
+                    seen += X_batch.shape[0]
                     if self.verbose and time.perf_counter() - last_report > _PROGRESS_SECONDS:
                         last_report = time.perf_counter()
-                        print(f"Epoch {self.n_iter_ + 1}: batch {batch_index + 1}/{n_batches}, "
-                              f"running loss = {accumulated_loss / min(n_samples, start + batch_size):.6f}",
+                        print(f"Epoch {self.n_iter_ + 1}: batch {batch_index + 1}/"
+                              f"{len(batches)}, running loss = {accumulated_loss / seen:.6f}",
                               flush=True)
                 self.n_iter_ += 1
                 self.loss_ = accumulated_loss / n_samples
                 self.t_ += n_samples
                 self.loss_curve_.append(self.loss_)
                 if early_stopping:
-                    score = self._validation_score(X_val, targets_val, weight_val)
+                    score = self._validation_score(X_val, lengths_val, targets_val, weight_val)
                     self.validation_scores_.append(score)
                     improved = score > self.best_validation_score_
                     if score < self.best_validation_score_ + self.tol:
@@ -427,6 +557,17 @@ class _BaseLSTM(BaseEstimator):
         if early_stopping:
             self._restore_best()
 
+    def _epoch_batches(self, n_samples: int, batch_size: int, lengths: np.ndarray | None
+                       ) -> list[Any]:
+        """One epoch's mini-batches: row slices in order, shuffled rows, or (ragged X and
+        shuffle) shuffled batches of sequences of similar length."""
+        if not self.shuffle:
+            return [slice(start, start + batch_size) for start in range(0, n_samples, batch_size)]
+        if lengths is not None:
+            return bucket_batches(lengths, batch_size, self._rng)
+        order = self._rng.permutation(n_samples)
+        return [order[start:start + batch_size] for start in range(0, n_samples, batch_size)]
+
     def _restore_best(self) -> None:
         if self._best_params is not None:
             for param, best in zip(self._params(), self._best_params):
@@ -452,12 +593,17 @@ class _BaseLSTM(BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_timesteps, n_features) or (n_samples, n_timesteps)
-            Sequences; 2-D X is a batch of univariate series.
+        X : array-like of shape (n_samples, n_timesteps, n_features) or (n_samples, n_timesteps), \
+or list of array-like of shape (T_i, n_features) or (T_i,)
+            Sequences; 2-D X is a batch of univariate series; a list holds
+            sequences of any lengths T_i >= 1.
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
-            Class labels (classifier) or real targets (regressor).
+            Class labels (classifier) or real targets (regressor). With
+            ``output="sequence"``, one per step: shape (n_samples, n_timesteps)
+            or (n_samples, n_timesteps, n_outputs), or a list of arrays
+            (T_i,) or (T_i, n_outputs), one per sequence.
         sample_weight : array-like of shape (n_samples,), default=None
-            Weights of the samples in the loss.
+            Weights of the samples (sequences) in the loss.
 
         Returns
         -------
@@ -465,9 +611,29 @@ class _BaseLSTM(BaseEstimator):
         """
         return self._fit(X, y, sample_weight, incremental=False)
 
-    def _predict_checked(self, X: Any) -> np.ndarray:
+    def _predict_checked(self, X: Any) -> tuple[np.ndarray, np.ndarray | None, bool]:
+        """Head outputs of X (see ``_logits``), its lengths, and whether X was a list of sequences."""
         check_is_fitted(self)
-        return self._logits(self._convert_X(X, reset=False, dtype=self.lstm_.dtype))
+        as_list = _sequence_list(X) is not None
+        X, lengths = self._convert_X(X, reset=False, dtype=self.lstm_.dtype)
+        return self._logits(X, lengths), lengths, as_list
+
+    def _per_sequence(self, values: np.ndarray, lengths: np.ndarray | None, as_list: bool) -> Any:
+        """Per-step predictions of a list of sequences back to a list of (T_i, ...) arrays."""
+        if self.output == "sequence" and as_list:
+            return unpad(values, lengths)
+        return values
+
+    def _sequence_score(self, metric: Any, X: Any, y: Any, sample_weight: Any) -> float:
+        """``metric`` over every valid step (output="sequence"), steps weighted by their sequence."""
+        check_is_fitted(self)
+        X, lengths = self._convert_X(X, reset=False, dtype=self.lstm_.dtype)
+        step_y = self._step_targets(y, X.shape[0], X.shape[1], lengths)
+        predicted = self._predictions(self._valid_steps(self._logits(X, lengths), lengths))
+        if sample_weight is not None:
+            sample_weight = self._step_weights(
+                _check_sample_weight(sample_weight, X), X.shape[1], lengths)
+        return float(metric(step_y, predicted, sample_weight=sample_weight))
 
 
 class LSTMClassifier(ClassifierMixin, _BaseLSTM):
@@ -582,8 +748,13 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
         exp *= weights[:, np.newaxis]
         return loss, exp
 
-    def _validation_score(self, X, labels, weights):
-        return accuracy_score(labels, self._logits(X).argmax(axis=1), sample_weight=weights)
+    def _validation_score(self, X, lengths, labels, weights):
+        predicted = self._valid_steps(self._logits(X, lengths), lengths).argmax(axis=1)
+        return accuracy_score(self._valid_steps(labels, lengths), predicted,
+                              sample_weight=self._step_weights(weights, X.shape[1], lengths))
+
+    def _predictions(self, logits):
+        return self.classes_[logits.argmax(axis=-1)]
 
     def partial_fit(self, X, y, classes=None, sample_weight=None):
         """One epoch over (X, y), continuing from the current weights.
@@ -603,21 +774,37 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
         return self._fit(X, y, sample_weight, incremental=True, classes=classes)
 
     def predict_proba(self, X):
-        """Class probabilities, shape (n_samples, n_classes), columns in the order of ``classes_``."""
-        logits = self._predict_checked(X).astype(np.float64)
-        logits -= logits.max(axis=1, keepdims=True)
+        """Class probabilities, shape (n_samples, n_classes), columns in the order of ``classes_``.
+
+        With ``output="sequence"``: shape (n_samples, n_timesteps, n_classes), or
+        a list of (T_i, n_classes) arrays when X is a list of sequences.
+        """
+        logits, lengths, as_list = self._predict_checked(X)
+        logits = logits.astype(np.float64)
+        logits -= logits.max(axis=-1, keepdims=True)
         np.exp(logits, out=logits)
-        logits /= logits.sum(axis=1, keepdims=True)
-        return logits
+        logits /= logits.sum(axis=-1, keepdims=True)
+        return self._per_sequence(logits, lengths, as_list)
 
     def predict_log_proba(self, X):
         """Logarithm of :meth:`predict_proba`."""
-        return np.log(self.predict_proba(X))
+        proba = self.predict_proba(X)
+        return [np.log(item) for item in proba] if isinstance(proba, list) else np.log(proba)
 
     def predict(self, X):
-        """Most probable class of each sequence, shape (n_samples,)."""
-        logits = self._predict_checked(X)
-        return self.classes_[logits.argmax(axis=1)]
+        """Most probable class of each sequence, shape (n_samples,).
+
+        With ``output="sequence"``: of each step, shape (n_samples, n_timesteps),
+        or a list of (T_i,) arrays when X is a list of sequences.
+        """
+        logits, lengths, as_list = self._predict_checked(X)
+        return self._per_sequence(self._predictions(logits), lengths, as_list)
+
+    def score(self, X, y, sample_weight=None):
+        """Mean accuracy; over every valid step with ``output="sequence"``."""
+        if self.output == "sequence":
+            return self._sequence_score(accuracy_score, X, y, sample_weight)
+        return super().score(X, y, sample_weight=sample_weight)
 
 
 class LSTMRegressor(RegressorMixin, _BaseLSTM):
@@ -679,8 +866,14 @@ class LSTMRegressor(RegressorMixin, _BaseLSTM):
         residual *= (weights / weights.dtype.type(n_outputs))[:, np.newaxis]
         return loss, residual
 
-    def _validation_score(self, X, targets, weights):
-        return r2_score(targets, self._logits(X), sample_weight=weights)
+    def _validation_score(self, X, lengths, targets, weights):
+        return r2_score(self._valid_steps(targets, lengths),
+                        self._valid_steps(self._logits(X, lengths), lengths),
+                        sample_weight=self._step_weights(weights, X.shape[1], lengths))
+
+    def _predictions(self, logits):
+        predictions = logits.astype(np.float64)
+        return predictions[..., 0] if self.n_outputs_ == 1 else predictions
 
     def partial_fit(self, X, y, sample_weight=None):
         """One epoch over (X, y), continuing from the current weights.
@@ -698,12 +891,51 @@ class LSTMRegressor(RegressorMixin, _BaseLSTM):
         return self._fit(X, y, sample_weight, incremental=True)
 
     def predict(self, X):
-        """Predicted targets, shape (n_samples,) or (n_samples, n_outputs)."""
-        predictions = self._predict_checked(X).astype(np.float64)
-        return predictions.ravel() if self.n_outputs_ == 1 else predictions
+        """Predicted targets, shape (n_samples,) or (n_samples, n_outputs).
+
+        With ``output="sequence"``: one per step, shape (n_samples, n_timesteps)
+        or (n_samples, n_timesteps, n_outputs), or a list of (T_i,) or
+        (T_i, n_outputs) arrays when X is a list of sequences.
+        """
+        logits, lengths, as_list = self._predict_checked(X)
+        return self._per_sequence(self._predictions(logits), lengths, as_list)
+
+    def score(self, X, y, sample_weight=None):
+        """R² (scikit-learn's ``r2_score``); over every valid step with ``output="sequence"``."""
+        if self.output == "sequence":
+            return self._sequence_score(r2_score, X, y, sample_weight)
+        return super().score(X, y, sample_weight=sample_weight)
 
 
 def _last_states(h_n: np.ndarray, num_directions: int) -> np.ndarray:
     """(L*D, B, P) final states -> (B, D*P): the top layer's directions side by side."""
     top = h_n[-num_directions:]
     return np.ascontiguousarray(top.transpose(1, 0, 2)).reshape(top.shape[1], -1)
+
+
+def _step_mask(lengths: np.ndarray | None, n_timesteps: int) -> Any:
+    """(n, T) boolean mask of the valid steps; a full slice when every sequence is full."""
+    if lengths is None:
+        return slice(None)
+    return np.arange(n_timesteps) < lengths[:, np.newaxis]
+
+
+def _sequence_list(X: Any) -> list | tuple | None:
+    """X if it is a list (or tuple) of sequences to pad, else None (an array-like for sklearn).
+
+    That is a list holding NumPy arrays, or items of different shapes (which
+    ``check_array`` refuses); an empty list is an error, not an empty batch.
+    """
+    if not isinstance(X, (list, tuple)):
+        return None
+    if len(X) == 0:
+        raise ValueError("X is an empty list: expected at least one sequence")
+    if any(isinstance(item, np.ndarray) for item in X):
+        return X
+    try:
+        shapes = {np.shape(item) for item in X}
+    except ValueError:  # an item that is itself ragged: reported by the padding
+        return X
+    if len(shapes) > 1 or any(shape[:1] == (0,) for shape in shapes):
+        return X
+    return None

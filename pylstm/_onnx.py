@@ -83,6 +83,8 @@ def to_onnx(model: Any, path: str | os.PathLike | None = None, *,
         If the ``onnx`` package is not installed.
     TypeError
         For another kind of object.
+    NotImplementedError
+        For an estimator with ``output="sequence"`` or an ``LSTMForecaster``.
     """
     try:
         import onnx
@@ -90,6 +92,16 @@ def to_onnx(model: Any, path: str | os.PathLike | None = None, *,
         raise ImportError("pylstm.to_onnx needs the onnx package: "
                           "pip install 'pylstm[onnx]'") from exc
     kind = _estimator_class_name(model)
+    if type(model).__name__ == "LSTMForecaster" and type(model).__module__ == "pylstm._forecaster":
+        raise NotImplementedError(
+            "to_onnx does not export an LSTMForecaster: its scaling, windowing and recursive "
+            "loop live in Python; export its network, model.regressor_, which takes the "
+            "scaled windows")
+    if kind is not None and getattr(model, "output", "last") != "last":
+        raise NotImplementedError(
+            f"to_onnx exports estimators with output='last' only, got output="
+            f"{model.output!r}; export model.lstm_ for the per-step outputs and apply "
+            f"head_coef_ and head_intercept_ to each step")
     if type(model) is not LSTM and kind is None:
         raise TypeError(f"to_onnx expects a pylstm.LSTM, LSTMClassifier or LSTMRegressor, "
                         f"got {type(model).__module__}.{type(model).__qualname__}")
