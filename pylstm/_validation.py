@@ -5,6 +5,7 @@ through here first. Messages say what was expected and what was given.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,38 @@ from ._kernel import all_finite
 
 # BLAS takes 32-bit sizes; every dimension and leading dimension must fit.
 _BLAS_MAX = 2**31 - 1
+
+
+def _physical_memory() -> int | None:
+    """Bytes of RAM of this machine, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+_MEMORY = _physical_memory()
+
+
+def _format_bytes(n_bytes: float) -> str:
+    unit = "bytes"
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        if n_bytes < 1024 or unit == "EiB":
+            break
+        n_bytes /= 1024
+    return f"{n_bytes:.3g} {unit}"
+
+
+def check_memory(n_bytes: int, what: str) -> None:
+    """Raise ValueError, before allocating, if ``what`` needs more bytes than this machine has.
+
+    Past physical memory an allocation either fails or, with overcommit,
+    succeeds and gets the process killed when the pages are touched; a clear
+    error up front is better than both.
+    """
+    if _MEMORY is not None and n_bytes > _MEMORY:
+        raise ValueError(f"{what} would need {_format_bytes(n_bytes)}, more than this "
+                         f"machine's {_format_bytes(_MEMORY)} of memory")
 
 
 def resolve_dtype(dtype: Any) -> np.dtype:
@@ -32,8 +65,10 @@ def as_float_array(value: Any, name: str, dtype: np.dtype, ndim: int | None = No
 
     Accepts anything ``np.asarray`` understands (lists, memmaps, read-only or
     strided arrays, torch tensors). Rejects object, complex, string and other
-    non-numeric data with TypeError, a wrong ndim with ValueError, and
-    non-finite values with ValueError.
+    non-numeric data with TypeError, a wrong ndim with ValueError,
+    non-finite values with ValueError, and arrays whose converted copy would
+    not fit in memory with ValueError (before allocating it: a broadcast view
+    can describe terabytes).
     """
     if type(value) is np.ndarray and value.dtype == dtype and value.ndim == ndim \
             and value.flags.c_contiguous:
@@ -53,7 +88,13 @@ def as_float_array(value: Any, name: str, dtype: np.dtype, ndim: int | None = No
         what = f" {dims}" if dims else ""
         raise ValueError(
             f"{name} must have {ndim} dimensions{what}, got shape {array.shape}")
-    if kind == "f" and array.dtype.itemsize > np.dtype(dtype).itemsize and array.size:
+    itemsize = np.dtype(dtype).itemsize
+    narrowing = kind == "f" and array.dtype.itemsize > itemsize and array.size
+    needs_copy = array.dtype != dtype or not array.flags.c_contiguous
+    # the copy, plus np.isfinite's boolean temporary when narrowing
+    check_memory(array.size * (itemsize * needs_copy + bool(narrowing)),
+                 f"{name} of shape {array.shape} as {np.dtype(dtype).name}")
+    if narrowing:
         # Values beyond float32's range would silently become inf.
         finite_before = np.isfinite(array).all()
         with np.errstate(over="ignore"):  # overflow is reported below, as a ValueError
@@ -73,16 +114,20 @@ def check_lengths(lengths: Any, batch: int, time: int) -> np.ndarray | None:
     """Validate per-sequence lengths: integers in [1, time], one per sequence."""
     if lengths is None:
         return None
-    array = np.asarray(lengths)
-    if array.dtype.kind not in "iub":
-        if array.dtype.kind == "f" and array.size and np.all(np.isfinite(array)) \
-                and np.all(array == np.round(array)):
-            array = array.astype(np.int64)
-        else:
-            raise TypeError(f"lengths must be integers, got dtype {array.dtype}")
+    try:
+        array = np.asarray(lengths)
+    except Exception as exc:  # e.g. ragged nested lists
+        raise ValueError(f"lengths could not be converted to an array: {exc}") from exc
+    kind = array.dtype.kind
+    if kind not in "iuf":  # not bool either: True is no length
+        raise TypeError(f"lengths must be integers, got dtype {array.dtype}")
     if array.ndim != 1 or array.shape[0] != batch:
         raise ValueError(
             f"lengths must have shape ({batch},) (one per sequence), got shape {array.shape}")
+    if kind == "f" and not (np.all(np.isfinite(array)) and np.all(array == np.round(array))):
+        raise TypeError(f"lengths must be integers, got dtype {array.dtype} with "
+                        f"non-integral or non-finite values")
+    # The range is checked before any cast: a float 1e20 must not wrap around.
     if batch and (array.min() < 1 or array.max() > time):
         raise ValueError(
             f"lengths must lie in [1, {time}] (the time dimension of x), "
@@ -90,10 +135,15 @@ def check_lengths(lengths: Any, batch: int, time: int) -> np.ndarray | None:
     return array.astype(np.intp)
 
 
-def check_blas_size(*dims: int) -> None:
-    """Raise before allocating if a size would overflow BLAS's 32-bit integers."""
+def check_blas_size(*dims: int, what: str | None = None) -> None:
+    """Raise before allocating if a size would overflow BLAS's 32-bit integers.
+
+    ``what`` names the quantity in the message (e.g. "batch * time"); without
+    it the message suggests splitting the input, the usual remedy.
+    """
     for dim in dims:
         if dim > _BLAS_MAX:
+            remedy = "split the batch or the sequence" if what is None else f"reduce {what}"
             raise ValueError(
                 f"size {dim} exceeds the 2**31 - 1 limit of BLAS's 32-bit dimensions; "
-                "split the batch or the sequence")
+                f"{remedy}")
