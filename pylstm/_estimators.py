@@ -70,8 +70,9 @@ class _BaseLSTM(BaseEstimator):
     """Shared fit loop, input conversion and model of the two estimators."""
 
     def __init__(self, hidden_size=64, *, output="last", num_layers=1, bidirectional=False,
-                 dropout=0.0, solver="adam", learning_rate_init=1e-3, batch_size="auto", max_iter=200,
-                 alpha=0.0, clip_norm=5.0, early_stopping=False, validation_fraction=0.1,
+                 dropout=0.0, solver="adam", learning_rate_init=1e-3, batch_size="auto",
+                 max_iter=200, alpha=0.0, clip_norm=5.0, early_stopping=False,
+                 validation_fraction=0.1,
                  n_iter_no_change=10, tol=1e-4, shuffle=True, random_state=None, verbose=0,
                  warm_start=False, dtype="float32", learning_rate="constant", power_t=0.5,
                  momentum=0.9, nesterovs_momentum=True, beta_1=0.9, beta_2=0.999,
@@ -646,6 +647,10 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
     ----------
     hidden_size : int, default=64
         Memory cells per layer and direction.
+    output : {"last", "sequence"}, default="last"
+        "last": one label per sequence, from its final state. "sequence": one
+        label per time step (tagging), from each step's output; y then holds
+        one label per step, and the loss ignores steps past each sequence's end.
     num_layers : int, default=1
         Stacked LSTM layers.
     bidirectional : bool, default=False
@@ -669,6 +674,9 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
     n_iter_no_change : int, default=10
     tol : float, default=1e-4
     shuffle : bool, default=True
+        Shuffle the samples every epoch; for a list of sequences of different
+        lengths, batches then group sequences of similar length, each padded
+        only to its own longest.
     random_state : int, RandomState instance or None, default=None
         Makes fit reproducible: initial weights, shuffling, dropout masks and
         the validation split.
