@@ -43,7 +43,8 @@ setup(
             depends=glob.glob("src/*.h") + glob.glob("src/*.pxd"),
             include_dirs=["src", numpy.get_include()],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-            extra_compile_args=compile_args,
+            extra_compile_args=compile_args + ["-pthread"],
+            extra_link_args=["-pthread"],
         )
         for name in MODULES
     ],

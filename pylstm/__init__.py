@@ -11,10 +11,14 @@ from typing import Any
 from ._io import load, save
 from ._layer import LSTM, Gradients
 from ._sequences import make_windows, pad_sequences, unpad
+from ._threads import _init_from_environment, get_num_threads, set_num_threads, threads
 from ._version import __version__
 
+_init_from_environment()
+
 __all__ = ["LSTM", "Gradients", "LSTMClassifier", "LSTMRegressor", "LSTMForecaster", "load",
-           "save", "to_onnx", "pad_sequences", "unpad", "make_windows", "__version__"]
+           "save", "to_onnx", "pad_sequences", "unpad", "make_windows", "set_num_threads",
+           "get_num_threads", "threads", "__version__"]
 
 # Estimators import scikit-learn, an optional dependency: load them on first use
 # so that `import pylstm` stays light and works without it.

@@ -112,25 +112,29 @@ GFN(gtile)(const int nr, int m0, int blk, int k0, int k1, int K, int N,
     }
 }
 
-/* C (M, N) = A @ B (+ C if accumulate); B from GFN(pylstm_pack_b)(K, N, ...). */
+/* Rows [m_begin, m_end) and column blocks [blk_begin, blk_end) of
+ * C (M, N) = A @ B (+ C if accumulate); B from GFN(pylstm_pack_b)(K, N, ...).
+ * Threads take disjoint ranges; each element's sum is the same either way. */
 __attribute__((target(TARGET))) static void
-GFN(pylstm_gemm)(int M, int N, int K, const SCALAR *a, long a_row, long a_col,
-                 const SCALAR *packed_b, SCALAR *c, long ldc, int accumulate) {
+GFN(pylstm_gemm_range)(int m_begin, int m_end, int blk_begin, int blk_end, int N, int K,
+                       const SCALAR *a, long a_row, long a_col, const SCALAR *packed_b,
+                       SCALAR *c, long ldc, int accumulate) {
     const int width = 4 * VW;
-    const int n_blocks = (N + width - 1) / width;
     if (K == 0) {  /* empty sum: C = 0 (or unchanged) */
         if (!accumulate)
-            for (int m = 0; m < M; ++m) memset(c + (long)m * ldc, 0, N * sizeof(SCALAR));
+            for (int m = m_begin; m < m_end; ++m)
+                for (int n = blk_begin * width; n < N && n < blk_end * width; ++n)
+                    c[(long)m * ldc + n] = 0;
         return;
     }
-    for (int blk = 0; blk < n_blocks; ++blk)
+    for (int blk = blk_begin; blk < blk_end; ++blk)
         for (int k0 = 0; k0 < K; k0 += KC) {
             int k1 = k0 + KC < K ? k0 + KC : K;
             int add_c = accumulate || k0 > 0;
-            int m0 = 0;
-            for (; m0 + NR <= M; m0 += NR)
+            int m0 = m_begin;
+            for (; m0 + NR <= m_end; m0 += NR)
                 GFN(gtile)(NR, m0, blk, k0, k1, K, N, a, a_row, a_col, packed_b, c, ldc, add_c);
-            switch (M - m0) {
+            switch (m_end - m0) {
                 case 1: GFN(gtile)(1, m0, blk, k0, k1, K, N, a, a_row, a_col, packed_b, c, ldc, add_c); break;
 #if NR > 2
                 case 2: GFN(gtile)(2, m0, blk, k0, k1, K, N, a, a_row, a_col, packed_b, c, ldc, add_c); break;
@@ -147,6 +151,49 @@ GFN(pylstm_gemm)(int M, int N, int K, const SCALAR *a, long a_row, long a_col,
                 default: break;
             }
         }
+}
+
+typedef struct {
+    int M, N, K, n_blocks, split_rows;
+    const SCALAR *a; long a_row, a_col;
+    const SCALAR *packed_b; SCALAR *c; long ldc; int accumulate;
+} GFN(pylstm_gemm_job);
+
+static void GFN(pylstm_gemm_part)(void *context, int part, int n_parts) {
+    const GFN(pylstm_gemm_job) *job = context;
+    if (job->split_rows) {  /* whole tiles of NR rows per part */
+        int tiles = (job->M + NR - 1) / NR;
+        int m0 = (int)((long)tiles * part / n_parts) * NR;
+        int m1 = (int)((long)tiles * (part + 1) / n_parts) * NR;
+        if (m1 > job->M) m1 = job->M;
+        GFN(pylstm_gemm_range)(m0, m1, 0, job->n_blocks, job->N, job->K, job->a, job->a_row,
+                               job->a_col, job->packed_b, job->c, job->ldc, job->accumulate);
+    } else {
+        int b0 = (int)((long)job->n_blocks * part / n_parts);
+        int b1 = (int)((long)job->n_blocks * (part + 1) / n_parts);
+        GFN(pylstm_gemm_range)(0, job->M, b0, b1, job->N, job->K, job->a, job->a_row,
+                               job->a_col, job->packed_b, job->c, job->ldc, job->accumulate);
+    }
+}
+
+/* C (M, N) = A @ B (+ C if accumulate); split across pylstm's threads when it is big enough. */
+__attribute__((target(TARGET))) static void
+GFN(pylstm_gemm)(int M, int N, int K, const SCALAR *a, long a_row, long a_col,
+                 const SCALAR *packed_b, SCALAR *c, long ldc, int accumulate) {
+    const int width = 4 * VW;
+    GFN(pylstm_gemm_job) job = {M, N, K, (N + width - 1) / width, 0,
+                                a, a_row, a_col, packed_b, c, ldc, accumulate};
+    /* a thread's share must outweigh waking it (~1 us): about 2^18 multiply-adds */
+    long work = (long)M * N * (K > 0 ? K : 1);
+    int max_parts = (int)(work >> 18);
+    int tiles = (M + NR - 1) / NR;
+    /* split column blocks (each thread streams its share of B) unless there
+     * are too few of them to share out */
+    job.split_rows = job.n_blocks < 4 && tiles > job.n_blocks;
+    int limit = job.split_rows ? tiles : job.n_blocks;
+    if (max_parts > limit) max_parts = limit;
+    if (max_parts < 1) max_parts = 1;
+    pylstm_parallel(max_parts, GFN(pylstm_gemm_part), &job);
 }
 
 #undef KC

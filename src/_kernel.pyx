@@ -52,6 +52,8 @@ cdef extern from "_simd.h" nogil:
                      int store_gates, float *cell, int ld_cell,
                      float *cell_out, int ld_out, float *tanh_cell, int ld_tanh)
     int pylstm_vector_activation(int level, int which, const float *x, float *out, long n)
+    void pylstm_set_num_threads(int n)
+    int pylstm_get_num_threads()
 
 
 # ---------------------------------------------------------------------------
@@ -429,6 +431,16 @@ cdef inline floating *_ptr_or_null(floating[:, ::1] a) noexcept:
 def simd_level():
     """The SIMD level in use: 0 portable (BLAS), 1 AVX2+FMA, 2 AVX-512; PYLSTM_SIMD caps it."""
     return pylstm_simd_level()
+
+
+def set_num_threads(int n):
+    """Threads the kernel may split one step or product across (>= 1)."""
+    pylstm_set_num_threads(n)
+
+
+def get_num_threads():
+    """Threads the kernel may use; see set_num_threads."""
+    return pylstm_get_num_threads()
 
 
 def cpu_level():

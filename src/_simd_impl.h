@@ -205,11 +205,10 @@ FN(tile)(const int nr, const FN(pylstm_step_args) *a, int u, int width, int row0
 #undef STORE
 }
 
-/* [F1]+[F2]+[F3] for one time step over rows [0, live). */
+/* [F1]+[F2]+[F3] for one time step over rows [0, live), unit blocks [u_begin, u_end). */
 __attribute__((target(TARGET))) static void
-FN(pylstm_step)(const FN(pylstm_step_args) *a, int live) {
-    int n_blocks = (a->H + VW - 1) / VW;
-    for (int u = 0; u < n_blocks; ++u) {
+FN(pylstm_step_range)(const FN(pylstm_step_args) *a, int live, int u_begin, int u_end) {
+    for (int u = u_begin; u < u_end; ++u) {
         int width = a->H - u * VW < VW ? a->H - u * VW : VW;
         int row0 = 0;
         /* full tiles of NR rows, then one tile of the remaining rows; each
@@ -232,6 +231,26 @@ FN(pylstm_step)(const FN(pylstm_step_args) *a, int live) {
             default: break;
         }
     }
+}
+
+typedef struct { const FN(pylstm_step_args) *args; int live, n_blocks; } FN(pylstm_step_job);
+
+static void FN(pylstm_step_part)(void *context, int part, int n_parts) {
+    const FN(pylstm_step_job) *job = context;
+    FN(pylstm_step_range)(job->args, job->live, (int)((long)job->n_blocks * part / n_parts),
+                          (int)((long)job->n_blocks * (part + 1) / n_parts));
+}
+
+/* One step, its unit blocks split across pylstm's threads when that pays. */
+__attribute__((target(TARGET))) static void
+FN(pylstm_step)(const FN(pylstm_step_args) *a, int live) {
+    FN(pylstm_step_job) job = {a, live, (a->H + VW - 1) / VW};
+    /* a thread's share must outweigh waking it (~1 us): about 2^17 multiply-adds */
+    long work = (long)live * 4 * a->H * (a->P + a->I);
+    int max_parts = (int)(work >> 17);
+    if (max_parts > job.n_blocks) max_parts = job.n_blocks;
+    if (max_parts < 1) max_parts = 1;
+    pylstm_parallel(max_parts, FN(pylstm_step_part), &job);
 }
 
 #undef VEC

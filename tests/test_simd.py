@@ -145,3 +145,28 @@ def test_results_are_bitwise_identical_at_any_thread_count():
             one, two = run(1, dtype, lengths), run(2, dtype, lengths)
             for a, b in zip(one, two):
                 assert np.array_equal(a, b)
+
+
+def test_kernel_threads_give_bitwise_identical_results():
+    """pylstm's own threads split steps and products without changing any sum."""
+    rng = np.random.default_rng(1)
+    lstm = pylstm.LSTM(24, 64, 2, bidirectional=True, random_state=0)
+    x = rng.standard_normal((40, 12, 24)).astype(np.float32)
+    lengths = rng.integers(1, 13, size=40)
+    results = []
+    for n in (1, 2, 3):
+        with pylstm.threads(n):
+            assert pylstm.get_num_threads() == n
+            out, _ = lstm(x, lengths=lengths)
+            out_t, _, cache = lstm.forward_train(x, lengths=lengths)
+            grads = lstm.backward(cache, np.ones_like(out_t))
+            results.append((out, grads.flat, grads.input))
+    assert pylstm.get_num_threads() == 1
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert np.array_equal(a, b)
+
+
+def test_thread_count_is_validated():
+    with pytest.raises(ValueError, match="threads"):
+        pylstm.set_num_threads(0)

@@ -1,0 +1,119 @@
+/* pylstm's own worker threads: a tiny persistent pool for splitting one
+ * kernel call (a time step, a GEMM) across cores.
+ *
+ * Plain pthreads, no OpenMP: bundling libgomp would raise the wheels'
+ * manylinux tag. Work is split so that each output element is computed by
+ * exactly one thread in the same order as with one thread, so results are
+ * bitwise identical at any thread count.
+ *
+ * Workers spin briefly between regions (a time loop issues one region per
+ * step, microseconds apart), then sleep on a condition variable. One region
+ * runs at a time: a call that finds the pool busy (another Python thread is
+ * inside pylstm) runs on its own thread instead of waiting.
+ */
+#ifndef PYLSTM_THREADS_H
+#define PYLSTM_THREADS_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <unistd.h>
+
+#define PYLSTM_MAX_THREADS 64
+/* pause-loop iterations a worker spins before sleeping (~tens of microseconds) */
+#define PYLSTM_SPIN 20000
+
+typedef void (*pylstm_task)(void *context, int part, int n_parts);
+
+static struct {
+    pthread_mutex_t lock;        /* guards sleeping and the worker count */
+    pthread_cond_t wake;
+    atomic_int busy;             /* 1 while a region runs */
+    atomic_long generation;      /* bumped to start a region */
+    atomic_int done;             /* workers finished with the current region */
+    int n_workers;               /* started so far (threads beyond the caller) */
+    int n_parts;                 /* parts of the current region */
+    pylstm_task task;
+    void *context;
+    int wanted;                  /* pylstm.set_num_threads */
+    pid_t owner;                 /* process that started the workers */
+} pylstm_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 0, 0, 0, 1, 0};
+
+static void *pylstm_worker(void *arg) {
+    int index = (int)(long)arg;  /* 1 .. n_workers; the caller is part 0 */
+    long seen = atomic_load(&pylstm_pool.generation);
+    for (;;) {
+        int spins = 0;
+        while (atomic_load_explicit(&pylstm_pool.generation, memory_order_acquire) == seen) {
+            if (++spins < PYLSTM_SPIN) {
+#if defined(__x86_64__)
+                __builtin_ia32_pause();
+#endif
+                continue;
+            }
+            pthread_mutex_lock(&pylstm_pool.lock);
+            while (atomic_load(&pylstm_pool.generation) == seen)
+                pthread_cond_wait(&pylstm_pool.wake, &pylstm_pool.lock);
+            pthread_mutex_unlock(&pylstm_pool.lock);
+        }
+        seen = atomic_load(&pylstm_pool.generation);
+        if (index < pylstm_pool.n_parts)
+            pylstm_pool.task(pylstm_pool.context, index, pylstm_pool.n_parts);
+        atomic_fetch_add_explicit(&pylstm_pool.done, 1, memory_order_release);
+    }
+    return NULL;
+}
+
+static void pylstm_set_num_threads(int n) {
+    if (n < 1) n = 1;
+    if (n > PYLSTM_MAX_THREADS) n = PYLSTM_MAX_THREADS;
+    pylstm_pool.wanted = n;
+}
+
+static int pylstm_get_num_threads(void) { return pylstm_pool.wanted; }
+
+/* Run task(context, part, n_parts) for part in [0, n_parts), n_parts <= the
+ * thread setting and <= max_parts; the caller runs part 0. Returns n_parts. */
+static int pylstm_parallel(int max_parts, pylstm_task task, void *context) {
+    int n = pylstm_pool.wanted < max_parts ? pylstm_pool.wanted : max_parts;
+    int expected = 0;
+    if (n <= 1 || !atomic_compare_exchange_strong(&pylstm_pool.busy, &expected, 1)) {
+        task(context, 0, 1);
+        return 1;
+    }
+    if (pylstm_pool.owner != getpid()) {  /* after fork() the workers are gone */
+        pylstm_pool.n_workers = 0;
+        pylstm_pool.owner = getpid();
+    }
+    while (pylstm_pool.n_workers < n - 1) {
+        pthread_t thread;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int failed = pthread_create(&thread, &attr, pylstm_worker,
+                                    (void *)(long)(pylstm_pool.n_workers + 1));
+        pthread_attr_destroy(&attr);
+        if (failed) break;
+        pylstm_pool.n_workers++;
+    }
+    if (n > pylstm_pool.n_workers + 1) n = pylstm_pool.n_workers + 1;
+    int workers = pylstm_pool.n_workers;
+    pylstm_pool.task = task;
+    pylstm_pool.context = context;
+    pylstm_pool.n_parts = n;
+    atomic_store(&pylstm_pool.done, 0);
+    pthread_mutex_lock(&pylstm_pool.lock);
+    atomic_fetch_add_explicit(&pylstm_pool.generation, 1, memory_order_release);
+    pthread_cond_broadcast(&pylstm_pool.wake);
+    pthread_mutex_unlock(&pylstm_pool.lock);
+    task(context, 0, n);
+    /* every worker acknowledges every region, even with no part of it */
+    while (atomic_load_explicit(&pylstm_pool.done, memory_order_acquire) < workers) {
+#if defined(__x86_64__)
+        __builtin_ia32_pause();
+#endif
+    }
+    atomic_store(&pylstm_pool.busy, 0);
+    return n;
+}
+
+#endif /* PYLSTM_THREADS_H */
