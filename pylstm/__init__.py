@@ -8,7 +8,6 @@ and forecasting windows (:func:`pad_sequences`, :func:`unpad`, :func:`make_windo
 """
 from typing import Any
 
-from ._io import load, save
 from ._layer import LSTM, Gradients
 from ._sequences import make_windows, pad_sequences, unpad
 from ._threads import _init_from_environment, get_num_threads, set_num_threads, threads
@@ -31,6 +30,10 @@ def __getattr__(name: str) -> Any:
         from ._onnx import to_onnx
 
         return to_onnx
+    if name in ("load", "save"):  # model files (zipfile, json): imported on first use
+        from . import _io
+
+        return getattr(_io, name)
     if name in _ESTIMATORS:
         import importlib
 
