@@ -291,7 +291,8 @@ def main():
             if args.no_smoke:
                 continue
             results = smoke(python, wheel)
-            row["import"] = f"{results['default']['import_ms']:.0f} ms"
+            row["import"] = (f"{results['default']['import_ms']:.0f} ms (numpy+scipy "
+                             f"{results['default']['dependencies_import_ms']:.0f})")
             row["smoke"] = f"pass (simd {results['default']['simd_level']})"
             row["portable"] = f"pass (simd {results['portable']['simd_level']})"
             row["estimator"] = results["default"]["estimator"]

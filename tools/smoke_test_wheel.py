@@ -41,11 +41,20 @@ def check(condition, message):
 
 
 def import_seconds(runs=IMPORT_RUNS):
-    """Median wall time of ``import pylstm`` in ``runs`` fresh interpreters."""
-    code = "import time; t = time.perf_counter(); import pylstm; print(time.perf_counter() - t)"
-    times = [float(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                                  text=True).stdout) for _ in range(runs)]
-    return statistics.median(times)
+    """Median wall times of ``import pylstm`` and of its dependencies alone, in fresh interpreters.
+
+    The two alternate, so that a busy machine slows both alike; the second,
+    ``import numpy, scipy.linalg`` (which cimporting scipy's BLAS loads), says
+    how much of the first is pylstm's own.
+    """
+    code = "import time; t = time.perf_counter(); import {}; print(time.perf_counter() - t)"
+    times = {"pylstm": [], "numpy, scipy.linalg": []}
+    for _ in range(runs):
+        for modules, samples in times.items():
+            samples.append(float(subprocess.run(
+                [sys.executable, "-c", code.format(modules)], check=True, capture_output=True,
+                text=True).stdout))
+    return statistics.median(times["pylstm"]), statistics.median(times["numpy, scipy.linalg"])
 
 
 def reference_lstm(params, x, lengths, hidden_size, num_layers, bidirectional):
@@ -205,13 +214,15 @@ def main():
     fitted = check_estimator(pylstm)
     save_load = check_save_load(pylstm, lstm, fitted)
 
-    seconds = import_seconds()
-    print(f"import pylstm: {seconds * 1e3:.0f} ms (median of {IMPORT_RUNS} fresh processes)")
+    seconds, dependencies = import_seconds()
+    print(f"import pylstm: {seconds * 1e3:.0f} ms; import numpy, scipy.linalg alone: "
+          f"{dependencies * 1e3:.0f} ms (medians of {IMPORT_RUNS} fresh processes)")
     size = args.wheel.stat().st_size if args.wheel is not None else None
     if size is not None:
         print(f"wheel size: {size / 1024:.0f} KiB ({args.wheel.name})")
     result = {"version": version, "python": sys.version.split()[0], "simd_level": simd,
-              "import_ms": round(seconds * 1e3, 1), "wheel_bytes": size,
+              "import_ms": round(seconds * 1e3, 1),
+              "dependencies_import_ms": round(dependencies * 1e3, 1), "wheel_bytes": size,
               "estimator": "passed" if fitted is not None else "skipped", "save_load": save_load}
     print("SMOKE-RESULT " + json.dumps(result))
     print("smoke test passed")
