@@ -46,16 +46,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     predict = commands.add_parser(
         "predict", help="run a model on INPUT.npy and write the result to OUT.npy")
     predict.add_argument("model", metavar="MODEL")
-    predict.add_argument("input", metavar="INPUT.npy",
+    predict.add_argument("input", metavar="INPUT.npy", nargs="?",
                          help="(batch, time, features) for a layer; what the estimator's "
-                              "predict takes for an estimator")
+                              "predict takes for an estimator; for a forecaster, optional: "
+                              "the series to continue (default: its training series)")
     predict.add_argument("-o", "--output", metavar="OUT.npy", required=True,
                          help="a layer writes its output sequence (batch, time, D * P), a "
-                              "classifier its labels, a regressor its predictions")
+                              "classifier its labels, a regressor its predictions, a "
+                              "forecaster its forecast")
     predict.add_argument("--proba", action="store_true",
                          help="classifiers: write class probabilities (batch, n_classes)")
     predict.add_argument("--lengths", metavar="LENGTHS.npy",
                          help="layers: valid steps of each sequence, shape (batch,)")
+    predict.add_argument("--horizon", metavar="N", type=int,
+                         help="forecasters: steps to forecast (default: its horizon)")
+    predict.add_argument("--exog", metavar="X.npy",
+                         help="forecasters fitted with exogenous features: their values over "
+                              "the horizon, preceded by INPUT's steps if INPUT is given")
 
     export = commands.add_parser("export-onnx", help="export a model file to ONNX")
     export.add_argument("model", metavar="MODEL")
@@ -86,7 +93,7 @@ def _message(exc: BaseException) -> str:
 
 # ============================================================================ commands
 def _info(args: argparse.Namespace) -> None:
-    from ._io import build_model, read_model_file
+    from ._io import REGRESSOR_PREFIX, REGRESSOR_SECTION, build_model, read_model_file
 
     metadata, arrays = read_model_file(args.model)
     # the checks of load() too: info never vouches for a file that load() refuses
@@ -97,31 +104,62 @@ def _info(args: argparse.Namespace) -> None:
     kind = metadata["class"]
     lines = [f"{args.model}: pylstm {kind}, model-file format {metadata['format_version']}, "
              f"written by pylstm {metadata.get('pylstm_version', '?')}"]
-    layer = metadata["lstm"]
+    if kind == "LSTM":
+        lines += _layer_lines(metadata, "  ")
+    elif kind == "LSTMForecaster":
+        params, attributes = metadata["params"], metadata["attributes"]
+        headline = ("lookback", "horizon", "strategy", "relative")
+        lines.append("  forecaster: " + ", ".join(
+            f"{key}={_short(params.get(key))}" for key in headline))
+        shape = "(n_timesteps,)" if metadata["y_ndim"] == 1 else "(n_timesteps, n_series)"
+        lines.append(f"  fitted on y of shape {shape}, n_series_={attributes['n_series_']!r}, "
+                     f"n_exog_={attributes['n_exog_']!r}")
+        lines.append("  other params: " + ", ".join(
+            f"{key}={_short(value)}" for key, value in sorted(params.items())
+            if key not in headline))
+        regressor = metadata[REGRESSOR_SECTION]
+        lines.append(f"  regressor_: {regressor['class']}, on the scaled windows")
+        lines += _estimator_lines(regressor, arrays, REGRESSOR_PREFIX, "    ")
+    else:
+        lines += _estimator_lines(metadata, arrays, "", "  ")
     n_parameters = sum(array.size for member, array in arrays.items()
-                       if member.startswith(("lstm/", "head/")))
-    lines.append("  layer: " + ", ".join(f"{key}={layer[key]!r}" for key in layer))
-    if kind != "LSTM":
-        attributes = metadata["attributes"]
-        coef = arrays["head/coef.npy"]
-        lines.append(f"  head: ({coef.shape[0]} features) -> {coef.shape[1]} outputs")
-        if "attributes/classes_.npy" in arrays:
-            lines.append(f"  classes_: {_short(arrays['attributes/classes_.npy'].tolist())}")
-        if metadata["input_ndim"] == 2:
-            shape = "(n_samples, n_timesteps) univariate series"
-        else:
-            shape = "(n_samples, n_timesteps, n_features)"
-        lines.append(f"  fitted on X of shape {shape}, "
-                     f"n_features_in_={attributes.get('n_features_in_')!r}")
-        for key in ("n_iter_", "loss_", "best_validation_score_"):
-            if attributes.get(key) is not None:
-                lines.append(f"  {key}: {attributes[key]!r}")
-        lines.append("  params: " + ", ".join(
-            f"{key}={_short(value)}" for key, value in sorted(metadata["params"].items())))
+                       if member.startswith(("lstm/", "head/", f"{REGRESSOR_PREFIX}lstm/",
+                                             f"{REGRESSOR_PREFIX}head/")))
     lines.append(f"  {n_parameters} parameters in {len(arrays)} arrays:")
+    width = max([32] + [len(member) - len(".npy") + 1 for member in arrays])
     for member, array in arrays.items():
-        lines.append(f"    {member[:-len('.npy')]:<32} {str(array.shape):<16} {array.dtype}")
+        lines.append(f"    {member[:-len('.npy')]:<{width}} {str(array.shape):<16} "
+                     f"{array.dtype}")
     print("\n".join(lines))
+
+
+def _layer_lines(section: dict[str, Any], indent: str) -> list[str]:
+    layer = section["lstm"]
+    return [f"{indent}layer: " + ", ".join(f"{key}={layer[key]!r}" for key in layer)]
+
+
+def _estimator_lines(section: dict[str, Any], arrays: dict[str, np.ndarray], prefix: str,
+                     indent: str) -> list[str]:
+    """What ``info`` says of a classifier or regressor (also a forecaster's regressor_)."""
+    lines = _layer_lines(section, indent)
+    attributes = section["attributes"]
+    coef = arrays[f"{prefix}head/coef.npy"]
+    lines.append(f"{indent}head: ({coef.shape[0]} features) -> {coef.shape[1]} outputs")
+    if f"{prefix}attributes/classes_.npy" in arrays:
+        classes = arrays[f"{prefix}attributes/classes_.npy"].tolist()
+        lines.append(f"{indent}classes_: {_short(classes)}")
+    if section["input_ndim"] == 2:
+        shape = "(n_samples, n_timesteps) univariate series"
+    else:
+        shape = "(n_samples, n_timesteps, n_features)"
+    lines.append(f"{indent}fitted on X of shape {shape}, "
+                 f"n_features_in_={attributes.get('n_features_in_')!r}")
+    for key in ("n_iter_", "loss_", "best_validation_score_"):
+        if attributes.get(key) is not None:
+            lines.append(f"{indent}{key}: {attributes[key]!r}")
+    lines.append(f"{indent}params: " + ", ".join(
+        f"{key}={_short(value)}" for key, value in sorted(section["params"].items())))
+    return lines
 
 
 def _predict(args: argparse.Namespace) -> None:
@@ -129,23 +167,31 @@ def _predict(args: argparse.Namespace) -> None:
     from ._layer import LSTM
 
     model = load(args.model)
-    x = _read_npy(args.input, "INPUT")
-    if isinstance(model, LSTM):
-        if args.proba:
-            raise _Failure("--proba applies to classifiers; this model file holds a layer")
+    kind = "layer" if isinstance(model, LSTM) else type(model).__name__
+    forecaster = kind == "LSTMForecaster"
+    if args.proba and not hasattr(model, "predict_proba"):
+        raise _Failure(f"--proba applies to classifiers; this model file holds a {kind}")
+    if args.lengths is not None and kind != "layer":
+        raise _Failure(f"--lengths applies to layers; this model file holds a {kind}")
+    if not forecaster:
+        for option, value in (("--horizon", args.horizon), ("--exog", args.exog)):
+            if value is not None:
+                raise _Failure(f"{option} applies to forecasters; this model file holds a "
+                               f"{kind}")
+        if args.input is None:
+            raise _Failure(f"INPUT.npy is required for a {kind}; only a forecaster predicts "
+                           f"without input (from the end of its training series)")
+    x = None if args.input is None else _read_npy(args.input, "INPUT")
+    if kind == "layer":
         lengths = None if args.lengths is None else _read_npy(args.lengths, "LENGTHS")
         result, _ = model(x, lengths=lengths)
+    elif forecaster:
+        exog = None if args.exog is None else _read_npy(args.exog, "X")
+        result = model.predict(args.horizon, X=exog, y=x)
+    elif args.proba:
+        result = model.predict_proba(x)
     else:
-        if args.lengths is not None:
-            raise _Failure(f"--lengths applies to layers; this model file holds a "
-                           f"{type(model).__name__}")
-        if args.proba:
-            if not hasattr(model, "predict_proba"):
-                raise _Failure(f"--proba applies to classifiers; this model file holds a "
-                               f"{type(model).__name__}")
-            result = model.predict_proba(x)
-        else:
-            result = model.predict(x)
+        result = model.predict(x)
     result = np.asarray(result)
     if result.dtype.hasobject:  # string labels: a .npy without pickle
         result = result.astype(str)

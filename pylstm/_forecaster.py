@@ -276,6 +276,12 @@ class LSTMForecaster(BaseEstimator):
         forecast = forecast * self.y_scale_ + self.y_mean_
         return forecast[:, 0] if self._y_ndim == 1 else forecast
 
+    def save(self, path: Any) -> None:
+        """Write this fitted forecaster to one model file, atomically and without pickle."""
+        from ._io import save
+
+        save(self, path)
+
     def _step(self, window: np.ndarray, future_X: np.ndarray | None, offset: int,
               H: int) -> np.ndarray:
         """Scaled (H, k) prediction after one scaled (lookback, k) window; ``offset`` steps

@@ -11,7 +11,7 @@ reads it as an ``.npz``) with these members::
 and metadata::
 
     {"format": "pylstm-model", "format_version": 1, "pylstm_version": "0.1.0",
-     "class": "LSTM" | "LSTMClassifier" | "LSTMRegressor",
+     "class": "LSTM" | "LSTMClassifier" | "LSTMRegressor" | "LSTMForecaster",
      "lstm": {"input_size", "hidden_size", "num_layers", "bias", "bidirectional",
               "proj_size", "dropout", "dtype"},
      "arrays": {member: {"shape": [...], "dtype": "<f4"}},
@@ -20,17 +20,29 @@ and metadata::
      "attributes": {name: value},          # JSON-valued fitted attributes
      "object_arrays": [name, ...]}         # string arrays that were of dtype object
 
+An :class:`~pylstm.LSTMForecaster` has no ``lstm`` or ``input_ndim`` of its own:
+its ``params``, ``attributes`` and ``object_arrays`` are the forecaster's (the
+scaling statistics and last training window under ``attributes/``; those that
+are None, such as ``X_mean_`` without exogenous features, as JSON nulls), its
+``"y_ndim": 1 | 2`` is the number of dimensions of ``y`` in ``fit``, and its
+fitted ``regressor_`` is an estimator section exactly as above, in
+``"regressor": {"class": "LSTMRegressor", "params", "input_ndim", "lstm",
+"attributes", "object_arrays"}`` with its members under ``regressor/``
+(``regressor/lstm/...``, ``regressor/head/...``, ``regressor/attributes/...``).
+
 Estimators are written through one explicit protocol, so that new parameters
 and fitted attributes travel without changes here:
 
 * ``get_params(deep=False)``: numbers, strings, booleans, None, NumPy dtypes,
   ``RandomState`` instances, and lists, tuples and dicts of those;
-* ``lstm_`` (a :class:`~pylstm.LSTM`), ``head_coef_`` and ``head_intercept_``;
+* ``lstm_`` (a :class:`~pylstm.LSTM`), ``head_coef_`` and ``head_intercept_``
+  (a forecaster: ``regressor_``);
 * every other public fitted attribute found in ``vars(estimator)`` (a name
   ending in ``_``): JSON-like values go to the metadata, arrays (numbers,
   booleans or strings) to ``attributes/``; any other type refuses to save;
 * the number of dimensions X had in ``fit`` (``input_ndim``), which decides how
-  a 2-D X is read at prediction time.
+  a 2-D X is read at prediction time (a forecaster: ``y_ndim``, which decides
+  the shape of its forecasts).
 
 Training state (optimizer moments, the random stream, best-epoch copies) is not
 part of a model file: a loaded estimator predicts exactly as the saved one and
@@ -38,14 +50,18 @@ can be refitted; to resume training where it stopped, pickle it instead.
 
 Loading never unpickles. Every member is checked against the metadata
 (presence, no extra members, shape, dtype, no object arrays, finite floats)
-and the metadata against itself (shapes implied by the hyperparameters) before
-any weight is used. Any problem with the file is a ``ValueError``. Writing goes
-to a temporary file in the target directory that is fsynced and then renamed
-over the final name, so a crash never leaves a half-written model behind.
+and the metadata against itself (shapes implied by the hyperparameters; a
+forecaster's scaling arrays and windows against its lookback, series and
+exogenous features, and those against its regressor's inputs and outputs)
+before any weight is used. Any problem with the file is a ``ValueError``.
+Writing goes to a temporary file in the target directory that is fsynced and
+then renamed over the final name, so a crash never leaves a half-written model
+behind.
 """
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import math
 import os
@@ -64,12 +80,20 @@ FORMAT = "pylstm-model"
 FORMAT_VERSION = 1
 METADATA = "pylstm.json"
 ESTIMATOR_CLASSES = ("LSTMClassifier", "LSTMRegressor")
+FORECASTER_CLASS = "LSTMForecaster"
+MODEL_CLASSES = ("LSTM", *ESTIMATOR_CLASSES, FORECASTER_CLASS)
+# A forecaster's regressor_: its section of the metadata and its members' prefix.
+REGRESSOR_SECTION = "regressor"
+REGRESSOR_PREFIX = "regressor/"
 
 # Keys of the "lstm" section; the names of fitted attributes a file may set.
 _LAYER_KEYS = ("input_size", "hidden_size", "num_layers", "bias", "bidirectional", "proj_size",
                "dropout", "dtype")
-_ATTRIBUTE_NAME = re.compile(r"[a-z][a-z0-9_]*_\Z")
+# A lowercase name, or one led by a one-letter capital as scikit-learn names X's
+# statistics (X_mean_); capitals may come later too (last_X_window_).
+_ATTRIBUTE_NAME = re.compile(r"(?:[a-z]|[A-Z]_)[A-Za-z0-9_]*_\Z")
 _ESTIMATOR_OWN = ("lstm_", "head_coef_", "head_intercept_")
+_FORECASTER_OWN = ("regressor_",)
 # Array kinds a file may hold: bool, signed and unsigned int, float, unicode strings.
 _ARRAY_KINDS = "biufU"
 _MAX_METADATA_BYTES = 64 << 20
@@ -83,7 +107,7 @@ def save(model: Any, path: str | os.PathLike) -> None:
 
     Parameters
     ----------
-    model : pylstm.LSTM, pylstm.LSTMClassifier or pylstm.LSTMRegressor
+    model : pylstm.LSTM, LSTMClassifier, LSTMRegressor or LSTMForecaster
         Estimators must be fitted.
     path : str or path-like
         Written atomically (temporary file, fsync, rename); an existing file is replaced.
@@ -106,9 +130,13 @@ def save(model: Any, path: str | os.PathLike) -> None:
     elif name is not None:
         metadata["class"] = name
         _put_estimator(model, metadata, arrays)
+    elif _is_forecaster(model):
+        metadata["class"] = FORECASTER_CLASS
+        _put_forecaster(model, metadata, arrays)
     else:
-        raise TypeError(f"save expects a pylstm.LSTM, LSTMClassifier or LSTMRegressor, "
-                        f"got {type(model).__module__}.{type(model).__qualname__}")
+        raise TypeError(f"save expects a pylstm.LSTM, LSTMClassifier, LSTMRegressor or "
+                        f"LSTMForecaster, got {type(model).__module__}."
+                        f"{type(model).__qualname__}")
     metadata["arrays"] = {member: {"shape": list(array.shape), "dtype": array.dtype.str}
                           for member, array in arrays.items()}
     text = json.dumps(metadata, indent=1, allow_nan=False).encode("utf-8")
@@ -129,7 +157,7 @@ def load(path: str | os.PathLike) -> Any:
 
     Returns
     -------
-    pylstm.LSTM, pylstm.LSTMClassifier or pylstm.LSTMRegressor
+    pylstm.LSTM, LSTMClassifier, LSTMRegressor or LSTMForecaster
         A layer with the saved weights, or a fitted estimator whose predictions
         are identical to the saved one's.
 
@@ -152,8 +180,10 @@ def build_model(metadata: dict[str, Any], arrays: dict[str, np.ndarray], where: 
         unexpected = sorted(member for member in arrays if not member.startswith("lstm/"))
         if unexpected:
             raise ValueError(f"{where}: a layer's file holds unexpected arrays {unexpected}")
-        return _build_layer(metadata, arrays, "lstm/", where)
-    return _build_estimator(metadata, arrays, where)
+        return _build_layer(metadata, arrays, "", where)
+    if metadata["class"] == FORECASTER_CLASS:
+        return _build_forecaster(metadata, arrays, where)
+    return _build_estimator(metadata, arrays, "", where)
 
 
 # ============================================================================ reading
@@ -236,9 +266,9 @@ def _check_header(metadata: Any, where: str) -> None:
             f"format {version}; this pylstm ({__version__}) reads format {FORMAT_VERSION} and "
             f"older: upgrade pylstm to load it")
     kind = metadata.get("class")
-    if kind != "LSTM" and kind not in ESTIMATOR_CLASSES:
-        raise ValueError(f"{where}: unknown model class {kind!r}; expected 'LSTM' or one of "
-                         f"{list(ESTIMATOR_CLASSES)}")
+    if kind not in MODEL_CLASSES:
+        raise ValueError(f"{where}: unknown model class {kind!r}; expected one of "
+                         f"{list(MODEL_CLASSES)}")
 
 
 def _array_table(metadata: dict[str, Any], where: str
@@ -289,18 +319,21 @@ def _npy_header(stream: Any, member: str, where: str) -> tuple[tuple[int, ...], 
 
 
 # ============================================================================ layers
-def _put_layer(layer: LSTM, metadata: dict[str, Any], arrays: dict[str, np.ndarray],
-               key: str = "lstm") -> None:
-    metadata[key] = {name: getattr(layer, name) for name in _LAYER_KEYS}
-    metadata[key]["dtype"] = layer.dtype.name
+def _put_layer(layer: LSTM, section: dict[str, Any], arrays: dict[str, np.ndarray],
+               prefix: str = "") -> None:
+    """The layer's hyperparameters into ``section["lstm"]``, its parameters to ``{prefix}lstm/``."""
+    section["lstm"] = {name: getattr(layer, name) for name in _LAYER_KEYS}
+    section["lstm"]["dtype"] = layer.dtype.name
     for name, value in layer.state_dict().items():
-        arrays[f"{key}/{name}.npy"] = value
+        arrays[f"{prefix}lstm/{name}.npy"] = value
 
 
-def _build_layer(metadata: dict[str, Any], arrays: dict[str, np.ndarray], prefix: str,
+def _build_layer(section: dict[str, Any], arrays: dict[str, np.ndarray], prefix: str,
                  where: str) -> LSTM:
-    """A layer from the ``lstm`` section, once its arrays match the hyperparameters exactly."""
-    hyper = metadata.get("lstm")
+    """A layer from ``section["lstm"]`` and the members under ``{prefix}lstm/``, once they
+    match the hyperparameters exactly."""
+    prefix += "lstm/"
+    hyper = section.get("lstm")
     if not isinstance(hyper, dict) or set(hyper) != set(_LAYER_KEYS):
         raise ValueError(f"{where}: the 'lstm' section must have exactly the keys "
                          f"{list(_LAYER_KEYS)}, got {hyper!r}")
@@ -359,31 +392,83 @@ def _estimator_class_name(model: Any) -> str | None:
     return None
 
 
-def _put_estimator(estimator: Any, metadata: dict[str, Any],
-                   arrays: dict[str, np.ndarray]) -> None:
+def _is_forecaster(model: Any) -> bool:
+    """Whether ``model`` is exactly an LSTMForecaster (without importing scikit-learn)."""
+    forecaster = sys.modules.get("pylstm._forecaster")
+    return forecaster is not None and type(model) is forecaster.LSTMForecaster
+
+
+def _estimator_module(module: str, name: str, where: str) -> Any:
+    """``pylstm.<module>``, or an ImportError naming the extra a ``name`` needs."""
+    try:
+        return importlib.import_module(f".{module}", __package__)
+    except ImportError as exc:
+        if "sklearn" not in str(exc):
+            raise
+        raise ImportError(f"{where} holds a {name}, which needs scikit-learn: "
+                          f"pip install 'pylstm[sklearn]'") from exc
+
+
+def _put_estimator(estimator: Any, section: dict[str, Any], arrays: dict[str, np.ndarray],
+                   prefix: str = "") -> None:
+    """A fitted classifier or regressor into ``section`` and the members under ``prefix``."""
     from sklearn.utils.validation import check_is_fitted
 
     check_is_fitted(estimator)
+    section["params"] = _encode_params(estimator)
+    section["input_ndim"] = int(estimator._fit_ndim)
+    _put_layer(estimator.lstm_, section, arrays, prefix)
+    arrays[f"{prefix}head/coef.npy"] = np.array(estimator.head_coef_)
+    arrays[f"{prefix}head/intercept.npy"] = np.array(estimator.head_intercept_)
+    _put_attributes(estimator, _ESTIMATOR_OWN, section, arrays, prefix)
+
+
+def _put_forecaster(forecaster: Any, metadata: dict[str, Any],
+                    arrays: dict[str, np.ndarray]) -> None:
+    """A fitted forecaster: its own parameters and attributes, then ``regressor_`` as an
+    estimator section under ``regressor/``."""
+    from sklearn.utils.validation import check_is_fitted
+
+    check_is_fitted(forecaster)
+    metadata["params"] = _encode_params(forecaster)
+    metadata["y_ndim"] = int(forecaster._y_ndim)
+    _put_attributes(forecaster, _FORECASTER_OWN, metadata, arrays, "")
+    regressor = forecaster.regressor_
+    if _estimator_class_name(regressor) != "LSTMRegressor":
+        raise TypeError(f"cannot save LSTMForecaster.regressor_: expected a pylstm "
+                        f"LSTMRegressor, got {type(regressor).__module__}."
+                        f"{type(regressor).__qualname__}")
+    section = metadata[REGRESSOR_SECTION] = {"class": "LSTMRegressor"}
+    _put_estimator(regressor, section, arrays, REGRESSOR_PREFIX)
+
+
+def _encode_params(estimator: Any) -> dict[str, Any]:
     name = type(estimator).__name__
-    metadata["params"] = {key: _encode(value, f"{name} parameter {key}")
-                          for key, value in estimator.get_params(deep=False).items()}
-    metadata["input_ndim"] = int(estimator._fit_ndim)
-    _put_layer(estimator.lstm_, metadata, arrays)
-    arrays["head/coef.npy"] = np.array(estimator.head_coef_)
-    arrays["head/intercept.npy"] = np.array(estimator.head_intercept_)
+    return {key: _encode(value, f"{name} parameter {key}")
+            for key, value in estimator.get_params(deep=False).items()}
+
+
+def _put_attributes(estimator: Any, own: tuple[str, ...], section: dict[str, Any],
+                    arrays: dict[str, np.ndarray], prefix: str) -> None:
+    """Every public fitted attribute but those in ``own``: arrays to
+    ``{prefix}attributes/``, other values to ``section["attributes"]``."""
+    name = type(estimator).__name__
     attributes, object_arrays = {}, []
     for key, value in vars(estimator).items():
-        if not _ATTRIBUTE_NAME.match(key) or key in _ESTIMATOR_OWN:
-            continue
+        if key.startswith("_") or not key.endswith("_") or key in own:
+            continue  # private state, a parameter, or saved by the caller
+        if not _ATTRIBUTE_NAME.match(key):  # never drop a fitted attribute silently
+            raise TypeError(f"cannot save {name} fitted attribute {key}: a model file holds "
+                            f"names like {_ATTRIBUTE_NAME.pattern!r} (pickle it instead)")
         if isinstance(value, np.ndarray):
             array, from_object = _plain_array(value, f"{name}.{key}")
-            arrays[f"attributes/{key}.npy"] = array
+            arrays[f"{prefix}attributes/{key}.npy"] = array
             if from_object:
                 object_arrays.append(key)
         else:
             attributes[key] = _encode(value, f"{name} fitted attribute {key}")
-    metadata["attributes"] = attributes
-    metadata["object_arrays"] = object_arrays
+    section["attributes"] = attributes
+    section["object_arrays"] = object_arrays
 
 
 def _plain_array(value: np.ndarray, what: str) -> tuple[np.ndarray, bool]:
@@ -400,28 +485,31 @@ def _plain_array(value: np.ndarray, what: str) -> tuple[np.ndarray, bool]:
     return np.ascontiguousarray(value), False
 
 
-def _build_estimator(metadata: dict[str, Any], arrays: dict[str, np.ndarray], where: str) -> Any:
-    name = metadata["class"]
-    try:
-        from . import _estimators
-    except ImportError as exc:
-        if "sklearn" not in str(exc):
-            raise
-        raise ImportError(f"{where} holds a {name}, which needs scikit-learn: "
-                          f"pip install 'pylstm[sklearn]'") from exc
-    for key, kind in (("params", dict), ("attributes", dict), ("object_arrays", list),
-                      ("input_ndim", int)):
-        if not isinstance(metadata.get(key), kind) or isinstance(metadata.get(key), bool):
+def _check_section(section: dict[str, Any], entries: tuple[tuple[str, type], ...],
+                   where: str) -> None:
+    for key, kind in entries:
+        if not isinstance(section.get(key), kind) or isinstance(section.get(key), bool):
             raise ValueError(f"{where}: metadata entry {key!r} must be a {kind.__name__}")
+
+
+def _build_estimator(section: dict[str, Any], arrays: dict[str, np.ndarray], prefix: str,
+                     where: str) -> Any:
+    """A classifier or regressor from ``section`` and the members under ``prefix``; refuses
+    any other member under ``prefix``."""
+    name = section["class"]
+    _estimators = _estimator_module("_estimators", name, where)
+    _check_section(section, (("params", dict), ("attributes", dict), ("object_arrays", list),
+                             ("input_ndim", int)), where)
     estimator = getattr(_estimators, name)()
     try:
-        params = {key: _decode(value) for key, value in metadata["params"].items()}
+        params = {key: _decode(value) for key, value in section["params"].items()}
         estimator.set_params(**params)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{where}: its {name} parameters do not fit this pylstm "
                          f"({__version__}): {exc}") from None
-    layer = _build_layer(metadata, arrays, "lstm/", where)
-    coef, intercept = arrays.get("head/coef.npy"), arrays.get("head/intercept.npy")
+    layer = _build_layer(section, arrays, prefix, where)
+    coef_member, intercept_member = f"{prefix}head/coef.npy", f"{prefix}head/intercept.npy"
+    coef, intercept = arrays.get(coef_member), arrays.get(intercept_member)
     rows = layer.num_directions * layer.output_size
     if coef is None or intercept is None or coef.ndim != 2 or coef.shape[0] != rows or \
             intercept.shape != coef.shape[1:] or coef.dtype != layer.dtype or \
@@ -430,32 +518,15 @@ def _build_estimator(metadata: dict[str, Any], arrays: dict[str, np.ndarray], wh
                          f"(n_outputs,) of dtype {layer.dtype}, got "
                          f"{None if coef is None else (coef.shape, coef.dtype)} and "
                          f"{None if intercept is None else (intercept.shape, intercept.dtype)}")
-    input_ndim = metadata["input_ndim"]
+    input_ndim = section["input_ndim"]
     if input_ndim not in (2, 3) or (input_ndim == 2 and layer.input_size != 1):
         raise ValueError(f"{where}: input_ndim must be 3, or 2 for a layer with input_size 1, "
                          f"got {input_ndim} with input_size {layer.input_size}")
 
-    object_arrays = metadata["object_arrays"]
-    if not all(isinstance(key, str) and f"attributes/{key}.npy" in arrays
-               for key in object_arrays):
-        raise ValueError(f"{where}: object_arrays must name array attributes of the file, "
-                         f"got {object_arrays!r}")
-    attributes = {}
-    for key, value in metadata["attributes"].items():
-        _check_attribute_name(estimator, key, where)
-        try:
-            attributes[key] = _decode(value)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{where}: fitted attribute {key}: {exc}") from None
-    for member, array in arrays.items():
-        if member.startswith("lstm/") or member in ("head/coef.npy", "head/intercept.npy"):
-            continue
-        key = member[len("attributes/"):-len(".npy")]
-        if not member.startswith("attributes/") or key in attributes:
-            raise ValueError(f"{where}: unexpected array {member}")
-        _check_attribute_name(estimator, key, where)
-        attributes[key] = array.astype(object) if key in object_arrays else array
-
+    # _build_layer has matched every member under {prefix}lstm/ to the layer
+    used = {member for member in arrays if member.startswith(f"{prefix}lstm/")}
+    attributes = _read_attributes(estimator, _ESTIMATOR_OWN, section, arrays, prefix,
+                                  used | {coef_member, intercept_member}, where)
     n_outputs = coef.shape[1]
     classes = attributes.get("classes_")
     if name == "LSTMClassifier" and (classes is None or classes.shape != (n_outputs,)):
@@ -480,9 +551,118 @@ def _build_estimator(metadata: dict[str, Any], arrays: dict[str, np.ndarray], wh
     return estimator
 
 
-def _check_attribute_name(estimator: Any, key: str, where: str) -> None:
+def _build_forecaster(metadata: dict[str, Any], arrays: dict[str, np.ndarray],
+                      where: str) -> Any:
+    """A forecaster from the metadata's own entries and ``attributes/``, around the
+    regressor from the ``regressor`` section and ``regressor/``."""
+    _forecaster = _estimator_module("_forecaster", FORECASTER_CLASS, where)
+    _check_section(metadata, (("params", dict), ("attributes", dict), ("object_arrays", list),
+                              ("y_ndim", int), (REGRESSOR_SECTION, dict)), where)
+    try:
+        params = {key: _decode(value) for key, value in metadata["params"].items()}
+        forecaster = _forecaster.LSTMForecaster(**params)
+        forecaster._check_parameters()
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: its {FORECASTER_CLASS} parameters do not fit this pylstm "
+                         f"({__version__}): {exc}") from None
+    section = metadata[REGRESSOR_SECTION]
+    if section.get("class") != "LSTMRegressor":
+        raise ValueError(f"{where}: the forecaster's {REGRESSOR_SECTION!r} section must be an "
+                         f"'LSTMRegressor', got class {section.get('class')!r}")
+    regressor = _build_estimator(section, arrays, REGRESSOR_PREFIX, f"{where} (regressor_)")
+    # _build_estimator has accounted for every member under regressor/
+    used = {member for member in arrays if member.startswith(REGRESSOR_PREFIX)}
+    attributes = _read_attributes(forecaster, _FORECASTER_OWN, metadata, arrays, "", used,
+                                  where)
+    _check_forecaster(forecaster, attributes, metadata["y_ndim"], regressor, where)
+    forecaster.regressor_ = regressor
+    forecaster._y_ndim = metadata["y_ndim"]
+    for key, value in attributes.items():
+        setattr(forecaster, key, value)
+    return forecaster
+
+
+def _check_forecaster(forecaster: Any, attributes: dict[str, Any], y_ndim: int,
+                      regressor: Any, where: str) -> None:
+    """The fitted state predict() reads: counts, the shape and dtype of every array (or None
+    without exogenous features), and the regressor's inputs and outputs they imply."""
+    counts = {}
+    for key, minimum in (("n_series_", 1), ("n_exog_", 0)):
+        value = attributes.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{where}: {key} must be an int >= {minimum}, got {value!r}")
+        counts[key] = value
+    n_series, n_exog = counts["n_series_"], counts["n_exog_"]
+    if y_ndim not in (1, 2) or (y_ndim == 1 and n_series != 1):
+        raise ValueError(f"{where}: y_ndim must be 2, or 1 for a single series, got {y_ndim} "
+                         f"with n_series_={n_series}")
+    lookback = forecaster.lookback
+    shapes = {"y_mean_": (n_series,), "y_scale_": (n_series,),
+              "last_window_": (lookback, n_series)}
+    exogenous = {"X_mean_": (n_exog,), "X_scale_": (n_exog,),
+                 "last_X_window_": (lookback, n_exog)}
+    if n_exog:
+        shapes.update(exogenous)
+    else:
+        for key in exogenous:
+            if key not in attributes or attributes[key] is not None:
+                found = _summary(attributes[key]) if key in attributes else "no entry"
+                raise ValueError(f"{where}: {key} must be None for a forecaster without "
+                                 f"exogenous features (n_exog_=0), got {found}")
+    for key, shape in shapes.items():
+        value = attributes.get(key)
+        if not isinstance(value, np.ndarray) or value.shape != shape or \
+                value.dtype != np.float64:
+            raise ValueError(f"{where}: {key} must be a float64 array of shape {shape} "
+                             f"(lookback={lookback}, n_series_={n_series}, n_exog_={n_exog}), "
+                             f"got {_summary(value)}")
+    for key in ("y_scale_", "X_scale_"):
+        if key in shapes and not (attributes[key] > 0).all():
+            raise ValueError(f"{where}: {key} must be positive")
+    # the windows _inputs builds: series values, then an observed flag and the features
+    features = n_series + (1 + n_exog if n_exog else 0)
+    outputs = forecaster._model_horizon * n_series
+    if regressor._fit_ndim != 3 or regressor.n_features_in_ != features or \
+            regressor.n_outputs_ != outputs:
+        raise ValueError(f"{where}: regressor_ must take windows of {features} features and "
+                         f"give {outputs} outputs (n_series_={n_series}, n_exog_={n_exog}, "
+                         f"strategy={forecaster.strategy!r}, horizon={forecaster.horizon}), "
+                         f"got {regressor.n_features_in_} features and "
+                         f"{regressor.n_outputs_} outputs")
+
+
+def _read_attributes(estimator: Any, own: tuple[str, ...], section: dict[str, Any],
+                     arrays: dict[str, np.ndarray], prefix: str, used: set[str],
+                     where: str) -> dict[str, Any]:
+    """The fitted attributes from ``section["attributes"]`` and ``{prefix}attributes/``;
+    every member under ``prefix`` must be one of those or in ``used``."""
+    object_arrays = section["object_arrays"]
+    if not all(isinstance(key, str) and f"{prefix}attributes/{key}.npy" in arrays
+               for key in object_arrays):
+        raise ValueError(f"{where}: object_arrays must name array attributes of the file, "
+                         f"got {object_arrays!r}")
+    attributes = {}
+    for key, value in section["attributes"].items():
+        _check_attribute_name(estimator, own, key, where)
+        try:
+            attributes[key] = _decode(value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: fitted attribute {key}: {exc}") from None
+    folder = f"{prefix}attributes/"
+    for member, array in arrays.items():
+        if not member.startswith(prefix) or member in used:
+            continue
+        key = member[len(folder):-len(".npy")]
+        if not member.startswith(folder) or key in attributes:
+            raise ValueError(f"{where}: unexpected array {member}")
+        _check_attribute_name(estimator, own, key, where)
+        attributes[key] = array.astype(object) if key in object_arrays else array
+    return attributes
+
+
+def _check_attribute_name(estimator: Any, own: tuple[str, ...], key: str, where: str) -> None:
     # Only plain fitted-attribute names, never a method, property or private name.
-    if not _ATTRIBUTE_NAME.match(key) or key in _ESTIMATOR_OWN or hasattr(type(estimator), key):
+    if not _ATTRIBUTE_NAME.match(key) or key in own or hasattr(type(estimator), key):
         raise ValueError(f"{where}: {key!r} is not a fitted attribute a model file may set")
 
 
@@ -595,3 +775,11 @@ def _describe(path: Any) -> str:
 def _preview(members: dict[str, Any]) -> str:
     names = sorted(members)
     return ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
+
+
+def _summary(value: Any, limit: int = 60) -> str:
+    """An array's shape and dtype, or a short repr of any other value, for messages."""
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {value.shape} and dtype {value.dtype}"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -67,6 +67,20 @@ def classifier(tmp_path, rng):
     return model, tmp_path / "clf.npz", X
 
 
+@pytest.fixture
+def forecaster(tmp_path, rng):
+    """A forecaster with one exogenous feature, its file, and y and X of 40 + 3 steps."""
+    pytest.importorskip("sklearn")
+    y = np.cumsum(rng.normal(size=43))
+    X = rng.normal(size=(43, 1))
+    with warnings.catch_warnings():  # ConvergenceWarning: two epochs only
+        warnings.simplefilter("ignore")
+        model = pylstm.LSTMForecaster(6, 3, hidden_size=4, max_iter=2, random_state=0).fit(
+            y[:40], X[:40])
+    model.save(tmp_path / "forecaster.npz")
+    return model, tmp_path / "forecaster.npz", y, X
+
+
 # ----------------------------------------------------------------------------- info
 def test_info_describes_a_layer(layer, tmp_path):
     result = cli("info", layer[1], cwd=tmp_path)
@@ -88,6 +102,22 @@ def test_info_describes_an_estimator(classifier, capsys):
     assert "pylstm LSTMClassifier" in stdout
     assert "classes_: ['no', 'yes']" in stdout
     assert "n_iter_: 2" in stdout
+
+
+def test_info_describes_a_forecaster(forecaster, capsys):
+    status, stdout, stderr = run_main("info", forecaster[1], capsys=capsys)
+    assert status == 0, stderr
+    assert "pylstm LSTMForecaster, model-file format 1" in stdout
+    assert "forecaster: lookback=6, horizon=3, strategy='direct', relative=True" in stdout
+    assert "fitted on y of shape (n_timesteps,), n_series_=1, n_exog_=1" in stdout
+    assert "regressor_: LSTMRegressor" in stdout
+    assert "head: (4 features) -> 3 outputs" in stdout    # 3 steps of 1 series
+    assert "n_features_in_=3" in stdout                   # series, observed flag, feature
+    assert re.search(r"regressor/lstm/weight_ih_l0 +\(16, 3\) +float32", stdout)
+    assert re.search(r"attributes/X_mean_ +\(1,\) +float64", stdout)
+    n_parameters = sum(value.size for value in forecaster[0].regressor_.lstm_.state_dict()
+                       .values()) + 4 * 3 + 3
+    assert f"{n_parameters} parameters in 12 arrays" in stdout
 
 
 # ----------------------------------------------------------------------------- predict
@@ -118,6 +148,81 @@ def test_predict_with_a_classifier_writes_labels_or_probabilities(classifier, tm
                                  tmp_path / "proba.npy", capsys=capsys)
     assert status == 0, stderr
     np.testing.assert_array_equal(np.load(tmp_path / "proba.npy"), model.predict_proba(X))
+
+
+def test_predict_with_a_forecaster_without_input_continues_its_training_series(tmp_path,
+                                                                               rng, capsys):
+    pytest.importorskip("sklearn")
+    y = np.cumsum(rng.normal(size=40))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = pylstm.LSTMForecaster(6, 3, hidden_size=4, max_iter=2, random_state=0).fit(y)
+    model.save(tmp_path / "plain.npz")
+    result = cli("predict", "plain.npz", "-o", "forecast.npy", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "forecast.npy"), model.predict())
+    # INPUT: the series to continue
+    np.save(tmp_path / "y.npy", y[:30])
+    status, _, stderr = run_main("predict", tmp_path / "plain.npz", tmp_path / "y.npy",
+                                 "--horizon", 2, "-o", tmp_path / "forecast.npy", capsys=capsys)
+    assert status == 0, stderr
+    forecast = np.load(tmp_path / "forecast.npy")
+    assert forecast.shape == (2,)
+    np.testing.assert_array_equal(forecast, model.predict(2, y=y[:30]))
+
+
+def test_predict_with_a_forecaster_and_exogenous_features(forecaster, tmp_path, capsys):
+    model, path, y, X = forecaster
+    np.save(tmp_path / "X_future.npy", X[40:])
+    status, _, stderr = run_main("predict", path, "--exog", tmp_path / "X_future.npy", "-o",
+                                 tmp_path / "forecast.npy", capsys=capsys)
+    assert status == 0, stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "forecast.npy"), model.predict(X=X[40:]))
+    # with INPUT, --exog covers INPUT's steps and the horizon
+    np.save(tmp_path / "y.npy", y[:35])
+    np.save(tmp_path / "X.npy", X[:38])
+    status, _, stderr = run_main("predict", path, tmp_path / "y.npy", "--exog",
+                                 tmp_path / "X.npy", "-o", tmp_path / "forecast.npy",
+                                 capsys=capsys)
+    assert status == 0, stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "forecast.npy"),
+                                  model.predict(X=X[:38], y=y[:35]))
+
+
+def test_forecaster_and_input_errors_are_one_line(forecaster, layer, tmp_path, capsys,
+                                                  monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _, path, y, X = forecaster
+    _, layer_path = layer
+    np.save(tmp_path / "X_future.npy", X[40:])
+    np.save(tmp_path / "y.npy", y[:40])
+    cases = [
+        (("predict", layer_path, "-o", "out.npy"), "INPUT.npy is required for a layer; only a "
+                                                  "forecaster predicts without input"),
+        (("predict", layer_path, "y.npy", "--horizon", 2, "-o", "out.npy"),
+         "--horizon applies to forecasters; this model file holds a layer"),
+        (("predict", layer_path, "y.npy", "--exog", "X_future.npy", "-o", "out.npy"),
+         "--exog applies to forecasters"),
+        (("predict", path, "-o", "out.npy"), "X is required"),
+        (("predict", path, "--exog", "missing.npy", "-o", "out.npy"), "X 'missing.npy' is not "
+                                                                      "a file"),
+        (("predict", path, "--exog", "X_future.npy", "--horizon", 4, "-o", "out.npy"),
+         "horizon=4 exceeds the horizon=3"),
+        (("predict", path, "--exog", "X_future.npy", "--horizon", "two", "-o", "out.npy"),
+         "argument --horizon: invalid int value"),
+        (("predict", path, "y.npy", "--exog", "X_future.npy", "-o", "out.npy"),
+         r"X has 3 time steps, expected 43 \(len\(y\) \+ horizon\)"),
+        (("predict", path, "--proba", "-o", "out.npy"),
+         "--proba applies to classifiers; this model file holds a LSTMForecaster"),
+        (("predict", path, "--lengths", "y.npy", "-o", "out.npy"), "--lengths applies to "
+                                                                   "layers"),
+        (("export-onnx", path, "out.onnx"), "does not export an LSTMForecaster"),
+    ]
+    for args, message in cases:
+        status, stdout, stderr = run_main(*args, capsys=capsys)
+        assert_one_line_error(status, stdout, stderr)
+        assert re.search(message, stderr), (args, stderr)
+    assert not (tmp_path / "out.npy").exists() and not (tmp_path / "out.onnx").exists()
 
 
 # ----------------------------------------------------------------------------- export-onnx
