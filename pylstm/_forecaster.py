@@ -222,7 +222,9 @@ class LSTMForecaster(BaseEstimator):
         X : array-like of shape (horizon, n_exog), default=None
             Future exogenous features; required if ``fit`` had X, refused
             otherwise. With ``y`` given, X must cover ``y``'s steps too:
-            shape (len(y) + horizon, n_exog).
+            shape (len(y) + horizon, n_exog). With ``strategy="direct"`` X
+            covers the trained ``self.horizon`` future steps even when a
+            shorter ``horizon`` is asked for: each forecast reads them all.
         y : array-like of shape (n_timesteps,) or (n_timesteps, n_series), default=None
             Continue from the end of this series (at least ``lookback`` steps)
             instead of the training data's.
@@ -255,12 +257,16 @@ class LSTMForecaster(BaseEstimator):
                                  f"{self.n_exog_} exogenous features, so predict needs their "
                                  f"future values")
             X = self._series(X, "X", self.n_exog_)
-            expected = horizon + (0 if y is None else np.shape(y)[0])
+            # A direct model reads the features of every step it was trained to
+            # forecast, whichever of those forecasts are asked for.
+            future_rows = self._model_horizon if self.strategy == "direct" else horizon
+            expected = future_rows + (0 if y is None else np.shape(y)[0])
             if X.shape[0] != expected:
+                what = "the trained horizon" if self.strategy == "direct" else "horizon"
                 raise ValueError(f"X has {X.shape[0]} time steps, expected {expected} ("
-                                 + ("horizon" if y is None else "len(y) + horizon") + ")")
-            past_X = self.last_X_window_ if y is None else X[:-horizon][-L:]
-            future_X = self._scale_X(np.concatenate([past_X, X[-horizon:]]))
+                                 + (what if y is None else f"len(y) + {what}") + ")")
+            past_X = self.last_X_window_ if y is None else X[:-future_rows][-L:]
+            future_X = self._scale_X(np.concatenate([past_X, X[-future_rows:]]))
         elif X is not None:
             raise ValueError("X was given, but the forecaster was fitted without exogenous "
                              "features")

@@ -117,3 +117,19 @@ def test_pickle_round_trip_and_onnx_refusal():
     pytest.importorskip("onnx")
     with pytest.raises(NotImplementedError, match="does not export an LSTMForecaster"):
         pylstm.to_onnx(forecaster)
+
+
+def test_direct_forecast_with_exogenous_features_and_a_shorter_horizon():
+    """A shorter horizon is the head of the full forecast; X covers the trained horizon."""
+    pytest.importorskip("sklearn")
+    from pylstm import LSTMForecaster
+    rng = np.random.default_rng(0)
+    t = np.arange(120.0)
+    exog = np.stack([np.sin(t / 5), np.cos(t / 7)], axis=1)
+    series = np.sin(t / 5) + 0.1 * rng.standard_normal(120)
+    f = LSTMForecaster(lookback=12, horizon=3, max_iter=3, random_state=0)
+    f.fit(series[:100], X=exog[:100])
+    full = f.predict(X=exog[100:103])
+    np.testing.assert_array_equal(f.predict(1, X=exog[100:103]), full[:1])
+    with pytest.raises(ValueError, match="trained horizon"):
+        f.predict(1, X=exog[100:101])
