@@ -540,14 +540,13 @@ def test_forecaster_round_trip_has_identical_forecasts(tmp_path, rng, case):
     assert type(loaded) is pylstm.LSTMForecaster
     assert loaded.get_params() == model.get_params()
     steps, horizon = len(y), 4 if model.strategy == "recursive" else model.horizon
-    # from the end of training, from a later series, and for a shorter horizon (not with
-    # direct + exogenous, where LSTMForecaster.predict itself fails: IndexError, reported)
-    calls = [dict(), dict(horizon=horizon, y=y[:steps - 3])]
-    if X is None or model.strategy == "recursive":
-        calls.append(dict(horizon=1))
+    # from the end of training, from a later series, and for a shorter horizon
+    calls = [dict(), dict(horizon=horizon, y=y[:steps - 3]), dict(horizon=1)]
     for call in calls:
-        if X is not None:
-            end = (0 if "y" not in call else steps - 3) + call.get("horizon", model.horizon)
+        if X is not None:  # a direct model reads X over its whole trained horizon
+            future = model.horizon if model.strategy == "direct" else call.get("horizon",
+                                                                              model.horizon)
+            end = (0 if "y" not in call else steps - 3) + future
             call["X"] = X[steps:steps + end] if "y" not in call else X[:end]
         forecast = model.predict(**call)
         np.testing.assert_array_equal(loaded.predict(**call), forecast)
