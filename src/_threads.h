@@ -15,6 +15,7 @@
 #define PYLSTM_THREADS_H
 
 #include <pthread.h>
+#include <stdlib.h>
 #include <stdatomic.h>
 #include <unistd.h>
 
@@ -38,9 +39,15 @@ static struct {
     pid_t owner;                 /* process that started the workers */
 } pylstm_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 0, 0, 0, 1, 0};
 
+/* What a worker is started with. `seen` is the generation before the region
+ * its creator is about to start: read later, the worker could miss it. */
+typedef struct { int index; long seen; } pylstm_worker_start;
+
 static void *pylstm_worker(void *arg) {
-    int index = (int)(long)arg;  /* 1 .. n_workers; the caller is part 0 */
-    long seen = atomic_load(&pylstm_pool.generation);
+    pylstm_worker_start start = *(pylstm_worker_start *)arg;
+    free(arg);
+    int index = start.index;     /* 1 .. n_workers; the caller is part 0 */
+    long seen = start.seen;
     for (;;) {
         int spins = 0;
         while (atomic_load_explicit(&pylstm_pool.generation, memory_order_acquire) == seen) {
@@ -63,6 +70,20 @@ static void *pylstm_worker(void *arg) {
     return NULL;
 }
 
+/* A child of fork() has none of the workers, and the lock may have been held
+ * by a thread that does not exist there: start afresh. */
+static void pylstm_pool_after_fork(void) {
+    pthread_mutex_init(&pylstm_pool.lock, NULL);
+    pthread_cond_init(&pylstm_pool.wake, NULL);
+    atomic_store(&pylstm_pool.busy, 0);
+    pylstm_pool.n_workers = 0;
+    pylstm_pool.owner = getpid();
+}
+
+static pthread_once_t pylstm_pool_once = PTHREAD_ONCE_INIT;
+
+static void pylstm_pool_register(void) { pthread_atfork(NULL, NULL, pylstm_pool_after_fork); }
+
 static void pylstm_set_num_threads(int n) {
     if (n < 1) n = 1;
     if (n > PYLSTM_MAX_THREADS) n = PYLSTM_MAX_THREADS;
@@ -76,23 +97,30 @@ static int pylstm_get_num_threads(void) { return pylstm_pool.wanted; }
 static int pylstm_parallel(int max_parts, pylstm_task task, void *context) {
     int n = pylstm_pool.wanted < max_parts ? pylstm_pool.wanted : max_parts;
     int expected = 0;
+    if (n > 1) pthread_once(&pylstm_pool_once, pylstm_pool_register);
     if (n <= 1 || !atomic_compare_exchange_strong(&pylstm_pool.busy, &expected, 1)) {
         task(context, 0, 1);
         return 1;
     }
-    if (pylstm_pool.owner != getpid()) {  /* after fork() the workers are gone */
+    if (pylstm_pool.owner != getpid()) {  /* first use, or a child after fork(): no workers */
         pylstm_pool.n_workers = 0;
         pylstm_pool.owner = getpid();
     }
     while (pylstm_pool.n_workers < n - 1) {
+        pylstm_worker_start *start = malloc(sizeof *start);
+        if (start == NULL) break;
+        start->index = pylstm_pool.n_workers + 1;
+        start->seen = atomic_load(&pylstm_pool.generation);
         pthread_t thread;
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        int failed = pthread_create(&thread, &attr, pylstm_worker,
-                                    (void *)(long)(pylstm_pool.n_workers + 1));
+        int failed = pthread_create(&thread, &attr, pylstm_worker, start);
         pthread_attr_destroy(&attr);
-        if (failed) break;
+        if (failed) {
+            free(start);
+            break;
+        }
         pylstm_pool.n_workers++;
     }
     if (n > pylstm_pool.n_workers + 1) n = pylstm_pool.n_workers + 1;

@@ -170,3 +170,37 @@ def test_kernel_threads_give_bitwise_identical_results():
 def test_thread_count_is_validated():
     with pytest.raises(ValueError, match="threads"):
         pylstm.set_num_threads(0)
+
+
+def test_thread_pool_survives_fork_and_concurrent_callers():
+    """Workers are started race-free, re-created after fork(), and a busy pool
+    makes other Python threads run on their own thread instead of waiting."""
+    import multiprocessing
+    import threading
+    lstm = pylstm.LSTM(24, 64, 2, random_state=0)
+    x = np.random.default_rng(0).standard_normal((40, 12, 24)).astype(np.float32)
+    want = lstm(x)[0]
+    with pylstm.threads(2):
+        for n in range(60):  # workers keep being woken right after creation
+            pylstm.set_num_threads(1 + n % 3)
+            assert np.array_equal(lstm(x)[0], want)
+        pylstm.set_num_threads(2)
+        failures = []
+
+        def call_many():
+            for _ in range(20):
+                if not np.array_equal(lstm(x)[0], want):
+                    failures.append(1)
+        callers = [threading.Thread(target=call_many) for _ in range(4)]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join(timeout=120)
+        assert not failures and not any(caller.is_alive() for caller in callers)
+        context = multiprocessing.get_context("fork")
+        with context.Pool(1) as pool:
+            assert pool.apply(_same_after_fork, (lstm, x, want))
+
+
+def _same_after_fork(lstm, x, want):
+    return bool(np.array_equal(lstm(x)[0], want))
