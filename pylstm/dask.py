@@ -267,19 +267,28 @@ def fit(estimator: Any, X: Any, y: Any, *, epochs: int, classes: Any = None,
 
 def _align(values: Any, X: Any, name: str) -> Any:
     """``values`` as a dask.array with X's chunks along samples and one chunk elsewhere."""
+    unknown = any(np.isnan(size) for size in X.chunks[0])
     if not isinstance(values, da.Array):
         values = np.asarray(values)
-        if values.ndim == 0 or values.shape[0] != X.shape[0]:
+        if values.ndim == 0 or (not unknown and values.shape[0] != X.shape[0]):
             raise ValueError(f"{name} must have one entry per sample of X ({X.shape[0]}), "
                              f"got shape {values.shape}")
+        if unknown:
+            raise ValueError(f"X has unknown chunk sizes, so {name} cannot be split like it; "
+                             f"call X.compute_chunk_sizes() or pass {name} as a dask array "
+                             f"with X's partitions")
         return da.from_array(values, chunks=(X.chunks[0],) + values.shape[1:])
     if values.ndim == 0:
         raise ValueError(f"{name} must have one entry per sample of X, got a scalar")
-    if values.chunks[0] == X.chunks[0]:
-        return values.rechunk({axis: -1 for axis in range(1, values.ndim)})
-    if np.isnan(values.shape[0]) or any(np.isnan(size) for size in X.chunks[0]):
-        raise ValueError(f"{name} and X have different chunks along samples and unknown "
-                         f"chunk sizes, so they cannot be aligned; call "
+    whole_rows = {axis: -1 for axis in range(1, values.ndim)}
+    unknown = unknown or any(np.isnan(size) for size in values.chunks[0])
+    if values.chunks[0] == X.chunks[0] or (unknown and values.numblocks[0] == X.numblocks[0]):
+        # the same partitions (e.g. both from one dataframe); partial_fit checks each
+        # chunk's lengths agree
+        return values.rechunk(whole_rows)
+    if unknown:
+        raise ValueError(f"{name} and X have different numbers of chunks along samples and "
+                         f"unknown chunk sizes, so they cannot be aligned; call "
                          f"compute_chunk_sizes() on both")
     if values.shape[0] != X.shape[0]:
         raise ValueError(f"{name} must have one entry per sample of X ({X.shape[0]}), "

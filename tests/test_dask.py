@@ -34,21 +34,26 @@ if HAVE_DASK:
     import dask.array as da
     import dask.bag as db
     import joblib
-    from distributed import Client, LocalCluster, get_task_stream
+    from distributed import Client, LocalCluster
     from sklearn.exceptions import ConvergenceWarning, NotFittedError
     from sklearn.model_selection import GridSearchCV, RandomizedSearchCV
 
     import pylstm.dask as pylstm_dask
     from pylstm import LSTMClassifier, LSTMRegressor
 
-    _MODEL_LOADS = [0]   # unpickled CountingClassifiers in this process
+    _MODEL_LOADS = [0]   # CountingClassifiers unpickled in this process
+    _FITS = [0]          # CountingClassifiers fitted in this process
 
     class CountingClassifier(LSTMClassifier):
-        """An LSTMClassifier that counts how often it is unpickled in a process."""
+        """An LSTMClassifier that counts, per process, how often it is unpickled and fitted."""
 
         def __setstate__(self, state):
             _MODEL_LOADS[0] += 1
             super().__setstate__(state)
+
+        def fit(self, X, y, sample_weight=None):
+            _FITS[0] += 1
+            return super().fit(X, y, sample_weight=sample_weight)
 
 
 def _model_loads():
@@ -57,6 +62,10 @@ def _model_loads():
 
 def _reset_model_loads():
     _MODEL_LOADS[0] = 0
+
+
+def _fits():
+    return _FITS[0]
 
 
 def _holds(key, dask_worker=None):
@@ -318,6 +327,23 @@ def test_fit_is_reproducible_and_starts_over_unless_warm_start(client, data):
 
 
 @needs_dask
+def test_fit_and_predict_with_unknown_chunk_sizes(client, data):
+    X, y = data
+    X_dask = da.from_array(X, chunks=(100, 12, 3))
+    y_dask = da.from_array(y.astype(np.float64), chunks=100)
+    keep = da.from_array(np.arange(X.shape[0]) % 7 != 0, chunks=100)
+    X_kept, y_kept = X_dask[keep], y_dask[keep]          # chunk sizes unknown (nan)
+    assert np.isnan(X_kept.chunks[0][0])
+    model = pylstm_dask.fit(LSTMRegressor(hidden_size=4, random_state=0), X_kept, y_kept,
+                            epochs=1)
+    assert model.t_ == np.count_nonzero(np.arange(X.shape[0]) % 7)
+    np.testing.assert_array_equal(pylstm_dask.predict(model, X_kept).compute(),
+                                  model.predict(X_kept.compute()))
+    with pytest.raises(ValueError, match="unknown chunk sizes"):
+        pylstm_dask.fit(LSTMRegressor(), X_kept, y, epochs=1)
+
+
+@needs_dask
 def test_fit_rejects_bad_input(data):
     X, y = data
     X_dask = da.from_array(X, chunks=(100, 12, 3))
@@ -336,21 +362,25 @@ def test_fit_rejects_bad_input(data):
 @pytest.mark.parametrize("search_class", ["GridSearchCV", "RandomizedSearchCV"])
 def test_search_runs_on_the_cluster_through_joblib(client, data, search_class):
     X, y = data
-    estimator = LSTMClassifier(max_iter=2, learning_rate_init=1e-2, random_state=0)
+    estimator = CountingClassifier(max_iter=2, learning_rate_init=1e-2, random_state=0)
     grid = {"hidden_size": [4, 8], "batch_size": [50, 100]}
     if search_class == "GridSearchCV":
+        n_fits = 4 * 2
         make = lambda: GridSearchCV(estimator, grid, cv=2)
     else:
+        n_fits = 3 * 2
         make = lambda: RandomizedSearchCV(estimator, grid, n_iter=3, cv=2, random_state=0)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         local = make().fit(X, y)
-        with joblib.parallel_config(backend="dask"), get_task_stream(client) as stream:
+        fits_before = sum(client.run(_fits).values())
+        parent_fits_before = _fits()
+        with joblib.parallel_config(backend="dask"):
             distributed = make().fit(X, y)
-    workers = {task["worker"] for task in stream.data}
-    assert len(stream.data) >= len(local.cv_results_["params"]) * 2   # the fits ran as tasks
-    assert workers <= set(client.scheduler_info()["workers"]) and workers
+    # every (candidate, fold) fit ran in a worker; only the final refit ran here
+    assert sum(client.run(_fits).values()) - fits_before == n_fits
+    assert _fits() - parent_fits_before == 1
     # the same fits, wherever they ran: bit-identical scores
     np.testing.assert_array_equal(distributed.cv_results_["mean_test_score"],
                                   local.cv_results_["mean_test_score"])
