@@ -637,15 +637,21 @@ def scatter_inputs(const floating[:, ::1] packed, const Py_ssize_t[::1] perm,
 # a fast loop for it, with no temporary array)
 # ---------------------------------------------------------------------------
 
-def all_finite(const floating[::1] values):
-    """np.isfinite(values).all(), without allocating a boolean array."""
+cdef bint _finite(const floating *values, Py_ssize_t n) noexcept nogil:
+    """np.isfinite(values[:n]).all()."""
     cdef Py_ssize_t k
     cdef floating zero = 0
-    with nogil:
-        # x * 0 is NaN exactly when x is NaN or infinite
-        for k in range(values.shape[0]):
-            zero += values[k] * 0
+    for k in range(n):
+        zero += values[k] * 0     # x * 0 is NaN exactly when x is NaN or infinite
     return zero == 0
+
+
+def all_finite(const floating[::1] values):
+    """np.isfinite(values).all(), without allocating a boolean array."""
+    cdef bint finite
+    with nogil:
+        finite = _finite(&values[0], values.shape[0]) if values.shape[0] else True
+    return finite
 
 
 # ---------------------------------------------------------------------------
@@ -709,8 +715,17 @@ cdef class StepPlan:
         """h_new, c_new = one step from (h, c) with input x (B, I).
 
         h, h_new (L, B, P); c, c_new (L, B, H); the caller checked shapes and
-        that the dtype is the plan's.
+        that the dtype is the plan's. Before computing, checks that x, h and c
+        are finite (here, on buffers already acquired, to keep a streaming step
+        cheap) and returns 1, 2 or 3 for the first that is not (nothing is
+        written then), else 0.
         """
+        if not _finite(&x[0, 0], x.shape[0] * x.shape[1]):
+            return 1
+        if not _finite(&h[0, 0, 0], h.shape[0] * h.shape[1] * h.shape[2]):
+            return 2
+        if not _finite(&c[0, 0, 0], c.shape[0] * c.shape[1] * c.shape[2]):
+            return 3
         cdef int B = x.shape[0]
         cdef int H = self.hidden_size
         cdef int P = self.output_size
@@ -760,3 +775,4 @@ cdef class StepPlan:
                          0, &h_new[layer, 0, 0], P)
         PyMem_Free(gates)
         PyMem_Free(cell_out)
+        return 0
