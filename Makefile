@@ -42,3 +42,11 @@ wheels:
 # What CI runs after the tests: the same for the default Python only.
 wheel-smoke:
 	$(PYTHON) tools/build_wheels.py --python $(PYTHON)
+
+# The test suite against an AddressSanitizer + UndefinedBehaviorSanitizer build
+# of the extension, made in a scratch copy of the tree (the working copy's own
+# modules are left alone); any sanitizer report fails the run. ARGS narrows it,
+# e.g. make sanitize ARGS="tests/test_fuzz.py -q".
+.PHONY: sanitize
+sanitize: $(VENV)/.peers
+	PYTHON=$(PY) tools/sanitize.sh $(ARGS)
