@@ -211,7 +211,7 @@ def test_forecaster_and_input_errors_are_one_line(forecaster, layer, tmp_path, c
         (("predict", path, "--exog", "X_future.npy", "--horizon", "two", "-o", "out.npy"),
          "argument --horizon: invalid int value"),
         (("predict", path, "y.npy", "--exog", "X_future.npy", "-o", "out.npy"),
-         r"X has 3 time steps, expected 43 \(len\(y\) \+ horizon\)"),
+         r"X has 3 time steps, expected 43 \(len\(y\) \+ (the trained )?horizon\)"),
         (("predict", path, "--proba", "-o", "out.npy"),
          "--proba applies to classifiers; this model file holds a LSTMForecaster"),
         (("predict", path, "--lengths", "y.npy", "-o", "out.npy"), "--lengths applies to "
