@@ -9,8 +9,9 @@ repository's ``pylstm/``)::
 It checks, in order: the import and ``pylstm.__version__`` (against the
 installed distribution's metadata and the wheel's file name); a forward pass
 against a small float64 NumPy LSTM written below, which shares nothing with
-pylstm; an ``LSTMClassifier`` fit/predict when scikit-learn is installed; a
-pickle round trip, and ``pylstm.save``/``pylstm.load`` where they exist.
+pylstm; one big enough to wake the kernel's worker threads; an
+``LSTMClassifier`` fit/predict when scikit-learn is installed; a pickle round
+trip, and ``pylstm.save``/``pylstm.load`` where they exist.
 It prints ``import pylstm`` time in fresh processes and the wheel's size, and
 ends with one ``SMOKE-RESULT {json}`` line for tools/build_wheels.py.
 
@@ -122,6 +123,27 @@ def check_forward(pylstm):
     return lstm
 
 
+def check_threads(pylstm):
+    """A forward pass big enough for the kernel's thread pool gives the single-thread result."""
+    import numpy as np
+    if not hasattr(pylstm, "set_num_threads"):
+        print("threads: SKIPPED, this pylstm has no set_num_threads")
+        return
+    lstm = pylstm.LSTM(64, 256, dtype=np.float32, random_state=3)
+    x = np.random.default_rng(3).standard_normal((64, 6, 64)).astype(np.float32)
+    before = pylstm.get_num_threads()
+    try:
+        outputs = []
+        for n in (1, 2):
+            pylstm.set_num_threads(n)
+            outputs.append(lstm(x)[0])
+    finally:
+        pylstm.set_num_threads(before)
+    error = float(np.max(np.abs(outputs[0] - outputs[1])))
+    check(error <= FLOAT32_TOLERANCE, f"2 threads differ from 1 by {error:.2e}")
+    print(f"threads: 2 threads give the 1-thread result (max difference {error:.1e})")
+
+
 def check_estimator(pylstm):
     """Fit/predict LSTMClassifier on a small task; the fitted model, or None if skipped."""
     import numpy as np
@@ -211,6 +233,7 @@ def main():
     print(f"SIMD level in use {simd} (CPU supports {cpu}; PYLSTM_SIMD={requested})")
 
     lstm = check_forward(pylstm)
+    check_threads(pylstm)
     fitted = check_estimator(pylstm)
     save_load = check_save_load(pylstm, lstm, fitted)
 
