@@ -15,6 +15,7 @@
 #define PYLSTM_THREADS_H
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <stdatomic.h>
 #include <unistd.h>
@@ -22,6 +23,10 @@
 #define PYLSTM_MAX_THREADS 64
 /* pause-loop iterations a worker spins before sleeping (~tens of microseconds) */
 #define PYLSTM_SPIN 20000
+/* pause-loop iterations before a waiting thread starts yielding its core: on a
+ * busy machine the thread it waits for may be descheduled, and spinning would
+ * only keep it off the core */
+#define PYLSTM_SPIN_BEFORE_YIELD 2000
 
 typedef void (*pylstm_task)(void *context, int part, int n_parts);
 
@@ -52,8 +57,9 @@ static void *pylstm_worker(void *arg) {
         int spins = 0;
         while (atomic_load_explicit(&pylstm_pool.generation, memory_order_acquire) == seen) {
             if (++spins < PYLSTM_SPIN) {
+                if (spins > PYLSTM_SPIN_BEFORE_YIELD) sched_yield();
 #if defined(__x86_64__)
-                __builtin_ia32_pause();
+                else __builtin_ia32_pause();
 #endif
                 continue;
             }
@@ -135,9 +141,11 @@ static int pylstm_parallel(int max_parts, pylstm_task task, void *context) {
     pthread_mutex_unlock(&pylstm_pool.lock);
     task(context, 0, n);
     /* every worker acknowledges every region, even with no part of it */
-    while (atomic_load_explicit(&pylstm_pool.done, memory_order_acquire) < workers) {
+    for (long spins = 0;
+         atomic_load_explicit(&pylstm_pool.done, memory_order_acquire) < workers; ++spins) {
+        if (spins > PYLSTM_SPIN_BEFORE_YIELD) sched_yield();
 #if defined(__x86_64__)
-        __builtin_ia32_pause();
+        else __builtin_ia32_pause();
 #endif
     }
     atomic_store(&pylstm_pool.busy, 0);
