@@ -288,6 +288,8 @@ class LSTM:
             value = as_float_array(_to_numpy(state_dict[name]), name, self.dtype)
             if value.shape != target.shape:
                 raise ValueError(f"{name} must have shape {target.shape}, got {value.shape}")
+            if np.shares_memory(value, self._flat):  # e.g. another parameter of this layer:
+                value = value.copy()                 # it would be overwritten before it is read
             converted[name] = value
         for name, value in converted.items():
             self._params[name][...] = value

@@ -82,10 +82,6 @@ def test_numpy_float_dropout_is_accepted():
     assert pylstm.LSTM(2, 3, num_layers=2, dropout=np.float32(0.25)).dropout == 0.25
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: load_state_dict converts without copying, then assigns parameter by parameter; "
-    "values that are views of the layer's own parameters (here: swapping the directions) "
-    "are overwritten before they are read, so both directions end up the same"))
 def test_load_state_dict_accepts_views_of_its_own_parameters():
     import pylstm
     lstm = pylstm.LSTM(2, 3, bidirectional=True, random_state=0)
