@@ -1,8 +1,12 @@
 /* pylstm's own worker threads: a tiny persistent pool for splitting one
  * kernel call (a time step, a GEMM) across cores.
  *
- * Plain pthreads, no OpenMP: bundling libgomp would raise the wheels'
- * manylinux tag. Work is split so that each output element is computed by
+ * No OpenMP: bundling libgomp would raise the wheels' manylinux tag. Workers
+ * are started with CPython's PyThread_start_new_thread rather than
+ * pthread_create, and only pthread functions that glibc has had in libc
+ * since 2.2.5 are used (mutex, condition variable, atfork): glibc 2.34 gave
+ * pthread_create and pthread_once new symbol versions, which would tie the
+ * wheels to glibc >= 2.34. Work is split so that each output element is computed by
  * exactly one thread in the same order as with one thread, so results are
  * bitwise identical at any thread count.
  *
@@ -48,7 +52,10 @@ static struct {
  * its creator is about to start: read later, the worker could miss it. */
 typedef struct { int index; long seen; } pylstm_worker_start;
 
-static void *pylstm_worker(void *arg) {
+/* CPython's thread start (Python.h), declared here so this header stands alone. */
+unsigned long PyThread_start_new_thread(void (*func)(void *), void *arg);
+
+static void pylstm_worker(void *arg) {
     pylstm_worker_start start = *(pylstm_worker_start *)arg;
     free(arg);
     int index = start.index;     /* 1 .. n_workers; the caller is part 0 */
@@ -73,7 +80,6 @@ static void *pylstm_worker(void *arg) {
             pylstm_pool.task(pylstm_pool.context, index, pylstm_pool.n_parts);
         atomic_fetch_add_explicit(&pylstm_pool.done, 1, memory_order_release);
     }
-    return NULL;
 }
 
 /* A child of fork() has none of the workers, and the lock may have been held
@@ -86,9 +92,13 @@ static void pylstm_pool_after_fork(void) {
     pylstm_pool.owner = getpid();
 }
 
-static pthread_once_t pylstm_pool_once = PTHREAD_ONCE_INIT;
+static atomic_int pylstm_pool_registered;
 
-static void pylstm_pool_register(void) { pthread_atfork(NULL, NULL, pylstm_pool_after_fork); }
+/* Called with the pool held (busy), so at most one caller registers. */
+static void pylstm_pool_register(void) {
+    if (!atomic_exchange(&pylstm_pool_registered, 1))
+        pthread_atfork(NULL, NULL, pylstm_pool_after_fork);
+}
 
 static void pylstm_set_num_threads(int n) {
     if (n < 1) n = 1;
@@ -103,11 +113,11 @@ static int pylstm_get_num_threads(void) { return pylstm_pool.wanted; }
 static int pylstm_parallel(int max_parts, pylstm_task task, void *context) {
     int n = pylstm_pool.wanted < max_parts ? pylstm_pool.wanted : max_parts;
     int expected = 0;
-    if (n > 1) pthread_once(&pylstm_pool_once, pylstm_pool_register);
     if (n <= 1 || !atomic_compare_exchange_strong(&pylstm_pool.busy, &expected, 1)) {
         task(context, 0, 1);
         return 1;
     }
+    pylstm_pool_register();
     if (pylstm_pool.owner != getpid()) {  /* first use, or a child after fork(): no workers */
         pylstm_pool.n_workers = 0;
         pylstm_pool.owner = getpid();
@@ -117,13 +127,8 @@ static int pylstm_parallel(int max_parts, pylstm_task task, void *context) {
         if (start == NULL) break;
         start->index = pylstm_pool.n_workers + 1;
         start->seen = atomic_load(&pylstm_pool.generation);
-        pthread_t thread;
-        pthread_attr_t attr;
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        int failed = pthread_create(&thread, &attr, pylstm_worker, start);
-        pthread_attr_destroy(&attr);
-        if (failed) {
+        /* (unsigned long)-1 is CPython's failure value */
+        if (PyThread_start_new_thread(pylstm_worker, start) == (unsigned long)-1) {
             free(start);
             break;
         }
