@@ -61,7 +61,7 @@ def resolve_dtype(dtype: Any) -> np.dtype:
 
 def as_float_array(value: Any, name: str, dtype: np.dtype, ndim: int | None = None,
                    dims: str | None = None) -> np.ndarray:
-    """Convert ``value`` once to a C-contiguous array of ``dtype`` and check it.
+    """Convert ``value`` once to an aligned, C-contiguous array of ``dtype`` and check it.
 
     Accepts anything ``np.asarray`` understands (lists, memmaps, read-only or
     strided arrays, torch tensors). Rejects object, complex, string and other
@@ -69,9 +69,13 @@ def as_float_array(value: Any, name: str, dtype: np.dtype, ndim: int | None = No
     non-finite values with ValueError, and arrays whose converted copy would
     not fit in memory with ValueError (before allocating it: a broadcast view
     can describe terabytes).
+
+    Unaligned data (a buffer at an odd offset, as deserialized arrays and
+    packed record fields have) is copied: C code may assume a float is on a
+    4-byte boundary, and reading it elsewhere is undefined behaviour.
     """
     if type(value) is np.ndarray and value.dtype == dtype and value.ndim == ndim \
-            and value.flags.c_contiguous:
+            and value.flags.c_contiguous and value.flags.aligned:
         # fast path (streaming step() calls): nothing to convert
         if value.size and not all_finite(value.reshape(-1)):
             raise ValueError(f"{name} must be finite, but contains NaN or infinity")
@@ -90,7 +94,8 @@ def as_float_array(value: Any, name: str, dtype: np.dtype, ndim: int | None = No
             f"{name} must have {ndim} dimensions{what}, got shape {array.shape}")
     itemsize = np.dtype(dtype).itemsize
     narrowing = kind == "f" and array.dtype.itemsize > itemsize and array.size
-    needs_copy = array.dtype != dtype or not array.flags.c_contiguous
+    needs_copy = (array.dtype != dtype or not array.flags.c_contiguous
+                  or not array.flags.aligned)
     # the copy, plus np.isfinite's boolean temporary when narrowing
     check_memory(array.size * (itemsize * needs_copy + bool(narrowing)),
                  f"{name} of shape {array.shape} as {np.dtype(dtype).name}")
@@ -98,13 +103,13 @@ def as_float_array(value: Any, name: str, dtype: np.dtype, ndim: int | None = No
         # Values beyond float32's range would silently become inf.
         finite_before = np.isfinite(array).all()
         with np.errstate(over="ignore"):  # overflow is reported below, as a ValueError
-            converted = np.ascontiguousarray(array, dtype=dtype)
+            converted = np.require(array, dtype, ("C", "A"))
         if finite_before and not np.isfinite(converted).all():
             raise ValueError(
                 f"{name} has values too large for {np.dtype(dtype).name} "
                 f"(max abs {np.abs(array).max():.3g})")
     else:
-        converted = np.ascontiguousarray(array, dtype=dtype)
+        converted = np.require(array, dtype, ("C", "A"))
     if converted.size and not all_finite(converted.reshape(-1)):
         raise ValueError(f"{name} must be finite, but contains NaN or infinity")
     return converted
