@@ -6,8 +6,8 @@ the argument and the problem. Hypothesis draws configurations, shapes
 (including 0 and 1), dtypes (bool, ints, float16/32/64, long double,
 big-endian, complex, object, strings), memory layouts (Fortran order, negative
 strides, strided views, zero-stride broadcasts, read-only arrays, read-only
-memmaps, nested lists), values (NaN, +-inf, huge, denormal), lengths, states
-and the SIMD level (``PYLSTM_SIMD`` is read per call).
+memmaps, unaligned buffers, nested lists), values (NaN, +-inf, huge, denormal),
+lengths, states and the SIMD level (``PYLSTM_SIMD`` is read per call).
 
 Each suite runs in a child process (this file run as a script), so a segfault
 or abort in compiled code fails that suite instead of killing the test run;
@@ -95,6 +95,21 @@ def test_load_state_dict_accepts_views_of_its_own_parameters():
     np.testing.assert_array_equal(after["weight_ih_l0_reverse"], before["weight_ih_l0"])
 
 
+def test_validated_arrays_are_aligned():
+    """The kernel may assume natural alignment: validation copies unaligned buffers."""
+    from pylstm._validation import as_float_array
+
+    for dtype in (np.float32, np.float64):
+        raw = np.zeros(3 * 4 * 2 * np.dtype(dtype).itemsize + 1, np.uint8)
+        unaligned = raw[1:].view(dtype).reshape(3, 4, 2)
+        unaligned[...] = np.arange(24).reshape(3, 4, 2)
+        assert not unaligned.flags.aligned
+        for value in (unaligned, unaligned.astype(">f8")):
+            converted = as_float_array(value, "x", np.dtype(dtype), 3)
+            assert converted.flags.aligned and converted.flags.c_contiguous
+            np.testing.assert_array_equal(converted, np.arange(24).reshape(3, 4, 2))
+
+
 # ==========================================================================
 # The child side
 # ==========================================================================
@@ -104,7 +119,8 @@ def test_load_state_dict_accepts_views_of_its_own_parameters():
 SOURCE_DTYPES = ("float64", "float32", "int64", "bool", "int8", "uint8", "int32", "uint64",
                  "float16", "longdouble", ">f4", ">f8", ">i4", "complex64", "complex128",
                  "object", "str")
-LAYOUTS = ("C", "F", "reversed", "strided", "read-only", "memmap", "list", "broadcast")
+LAYOUTS = ("C", "F", "reversed", "strided", "read-only", "memmap", "list", "broadcast",
+           "unaligned")
 SPECIALS = ("nan", "inf", "-inf", "huge", "-huge", "denormal", "zero")
 BAD_DTYPES = ("complex64", "complex128", "object", "str")
 
@@ -223,6 +239,14 @@ class Fuzzer:
             return np.memmap(path, dtype=array.dtype, mode="r", shape=array.shape)
         if layout == "list":
             return array.tolist()
+        if layout == "unaligned":
+            # C order, but one byte off the natural boundary, as deserialized buffers can be
+            if array.dtype.itemsize == 1 or array.dtype.kind in "OU":
+                return array
+            raw = np.zeros(array.nbytes + 1, np.uint8)
+            unaligned = raw[1:].view(array.dtype).reshape(array.shape)
+            unaligned[...] = array
+            return unaligned
         if layout == "broadcast":
             # the first entry along the longest axis, repeated through a zero stride
             if array.ndim == 0 or array.size == 0:
