@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from numbers import Real
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
@@ -152,7 +153,7 @@ class LSTM:
             raise ValueError(
                 f"proj_size must be smaller than hidden_size, got proj_size={proj_size} "
                 f"and hidden_size={hidden_size}")
-        if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        if isinstance(dropout, bool) or not isinstance(dropout, Real) or not 0 <= dropout < 1:
             raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
         self.input_size = int(input_size)
         self.hidden_size = int(hidden_size)
@@ -617,7 +618,8 @@ class LSTM:
                              "reverse direction needs the whole sequence")
         dtype = self.dtype
         if (type(x_t) is np.ndarray and x_t.dtype == dtype and x_t.ndim == 2
-                and x_t.flags.c_contiguous and x_t.shape[1] == self.input_size
+                and x_t.flags.c_contiguous and x_t.flags.aligned
+                and x_t.shape[1] == self.input_size
                 and x_t.shape[0] > 0 and type(state) is tuple and len(state) == 2
                 and _ready_state(state[0], dtype, (self.num_layers, x_t.shape[0],
                                                    self.output_size))
@@ -653,7 +655,7 @@ class LSTM:
 def _ready_state(array: Any, dtype: np.dtype, shape: tuple[int, ...]) -> bool:
     """Whether a state array can go to the kernel as it is (finiteness is checked there)."""
     return (type(array) is np.ndarray and array.dtype == dtype and array.shape == shape
-            and array.flags.c_contiguous)
+            and array.flags.c_contiguous and array.flags.aligned)
 
 
 def _views(flat: np.ndarray, layout: list[tuple[str, tuple[int, ...]]]) -> dict[str, np.ndarray]:

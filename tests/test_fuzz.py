@@ -77,11 +77,8 @@ def test_fuzz(suite, capsys):
 
 
 # ==========================================================================
-# Bugs the fuzzing found, pinned down (strict: they fail loudly once fixed)
+# Bugs the fuzzing found (fixed; kept as regression tests)
 # ==========================================================================
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: LSTM(dropout=np.float32(0.25)) raises 'dropout must be a number in [0, 1)': "
-    "the check accepts int and float only, and np.float32 is neither"))
 def test_numpy_float_dropout_is_accepted():
     import pylstm
     assert pylstm.LSTM(2, 3, num_layers=2, dropout=np.float32(0.25)).dropout == 0.25
@@ -100,10 +97,6 @@ def test_load_state_dict_accepts_views_of_its_own_parameters():
     np.testing.assert_array_equal(after["weight_ih_l0_reverse"], before["weight_ih_l0"])
 
 
-@pytest.mark.xfail("libasan" in os.environ.get("LD_PRELOAD", ""), strict=True, reason=(
-    "bug: step()'s fast path hands C-contiguous float arrays to StepPlan.run without "
-    "checking alignment; UBSan aborts on the misaligned float loads (x86 tolerates them, "
-    "so only the sanitizer build sees it)"))
 def test_unaligned_buffers_give_the_results_of_aligned_ones():
     """Every entry point, fed one-byte-off buffers (in a child: under UBSan this can abort)."""
     summary = run_suite("unaligned", 0)
