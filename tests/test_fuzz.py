@@ -642,9 +642,8 @@ def suite_constructor(st, fuzzer, outcomes, levels):
     num_layers = draw(st.integers(1, 3) if fuzzer.clean else st.one_of(st.integers(1, 3), odd))
     proj_size = draw(st.sampled_from([0, 0, 1, 2]) if fuzzer.clean
                      else st.one_of(st.just(0), st.integers(0, 6), odd))
-    # np.float32 dropout is left out: see test_numpy_float_dropout_is_accepted
-    dropout = fuzzer.pick([0.0, 0.5, 0, np.float64(0.2), False],
-                          [1, 1.0, -0.1, np.nan, np.inf, "0.1", None, True])
+    dropout = fuzzer.pick([0.0, 0.5, 0, np.float64(0.2), np.float32(0.25)],
+                          [1, 1.0, -0.1, np.nan, np.inf, "0.1", None, True, False])
     dtype = fuzzer.pick([np.float32, np.float64, "float32", "f8", np.dtype("<f4")],
                         [np.int32, "complex128", "float16", object, "nonsense", int])
     random_state = fuzzer.pick([0, 1, None, 2**40, np.random.default_rng(0)], [-1, 1.5, "seed"])
@@ -662,8 +661,9 @@ def suite_constructor(st, fuzzer, outcomes, levels):
     sizes_ok = not problems
     if sizes_ok and proj_size >= hidden_size:
         problems.append(Problem(ValueError, "proj_size"))
-    if not (isinstance(dropout, (int, float, np.floating)) and not isinstance(dropout, str)
-            and 0 <= dropout < 1):
+    # any real number in [0, 1), as torch, which also refuses a bool
+    if isinstance(dropout, bool) or not (isinstance(dropout, (int, float, np.floating))
+                                         and 0 <= dropout < 1):
         problems.append(Problem(ValueError, "dropout"))
     try:
         resolved = np.dtype(dtype)
