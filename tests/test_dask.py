@@ -118,17 +118,20 @@ def classifier(data):
 def client():
     """Two worker processes with one thread each, on loopback; closed after the module."""
     # spawned workers copy sys.path: make sure it finds pylstm and this module
-    # (pytest's importlib mode, say, would not put the tests on it)
-    for path in (str(TESTS_DIR), str(PACKAGE_ROOT)):
-        if path not in sys.path:
-            sys.path.insert(0, path)
+    # (pytest's default import mode has put this directory there already)
+    added = [path for path in (str(TESTS_DIR), str(PACKAGE_ROOT)) if path not in sys.path]
+    sys.path[:0] = added
     # dashboard_address=None still serves the scheduler's health routes on
     # port 8787: a free port instead, so that concurrent runs never collide
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None,
-                      scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as cluster, \
-            Client(cluster) as client:
-        yield client
+    try:
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                          dashboard_address=None,
+                          scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as cluster, \
+                Client(cluster) as client:
+            yield client
+    finally:
+        for path in added:
+            sys.path.remove(path)
 
 
 # ---------------------------------------------------------------- inference
