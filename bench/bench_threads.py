@@ -8,9 +8,10 @@ speed-up; the ideal is min(N, cores)). BLAS runs single-threaded
 (threadpoolctl), so only the Python threads compete for cores, and the runs
 with 1 and N threads alternate, so that drift in the machine's load hits both.
 
-It also reports the process's CPU time over wall time (cores kept busy): on a
-machine that other work keeps busy the wall-time gain shrinks, but N threads
-that really run in parallel still keep more than one core busy at once.
+It also reports the process's CPU time over wall time (cores kept busy), and
+runs a control first, a NumPy matrix product (which releases the GIL): when
+other work keeps the machine busy, the control's speed-up shows how much
+parallelism the machine grants at all.
 
     python bench/bench_threads.py                 # 1 vs 2 threads, every workload
     python bench/bench_threads.py --threads 4 --repeats 9 --json out.json
@@ -46,7 +47,10 @@ def workloads(calls_scale: float):
     state = streamer.initial_state(8)
     double = pylstm.LSTM(32, 128, num_layers=2, dtype=np.float64, random_state=2)
     x64 = x.astype(np.float64)
+    square = rng.standard_normal((300, 300))
     items = [
+        # the control: a product NumPy runs without the GIL shows what the machine allows
+        ("control: NumPy 300x300 matmul", None, lambda: square @ square, 600),
         ("LSTM.__call__ float32 (16, 50, 32), H=128 x2", None, lambda: seq(x, lengths=lengths),
          200),
         ("LSTM.__call__ float32, portable (BLAS)", "portable", lambda: seq(x, lengths=lengths),
