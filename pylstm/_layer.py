@@ -7,7 +7,7 @@ layer and direction; the time loop runs in compiled code without the GIL.
 from __future__ import annotations
 
 import math
-import weakref
+import sys
 from numbers import Real
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
@@ -15,7 +15,8 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from . import _kernel
-from ._validation import as_float_array, check_blas_size, check_lengths, resolve_dtype
+from ._validation import (as_float_array, check_blas_size, check_lengths, check_memory,
+                          resolve_dtype)
 
 # Inference runs the input projection in chunks of at most this many packed
 # rows (and at least _MIN_CHUNK_STEPS steps), so its memory does not grow with T
@@ -166,6 +167,10 @@ class LSTM:
         check_blas_size(4 * self.hidden_size * max(self.input_size, self.hidden_size))
         self._rng = _as_generator(random_state)
         self._layout = list(self._parameter_shapes())
+        n_parameters = sum(math.prod(s) for _, s in self._layout)
+        # parameters, their gradients and an optimizer's two moments
+        check_memory(4 * n_parameters * self.dtype.itemsize,
+                     f"an LSTM with {n_parameters:,} parameters")
         self._flat = np.empty(sum(math.prod(s) for _, s in self._layout), dtype=self.dtype)
         self._params = _views(self._flat, self._layout)
         self._init_weight_cache()
@@ -174,30 +179,30 @@ class LSTM:
     # ------------------------------------------------------------------ weight cache
     # Inference reuses weights prepared for the kernel (packed SIMD panels,
     # summed biases). They are rebuilt whenever the parameters may have
-    # changed: after any write through this class, and for as long as a
-    # writable view handed out by parameters() or flat_parameters is alive.
+    # changed: after any write through this class, and for as long as any
+    # view of the parameters exists outside this object. NumPy gives every
+    # view, and every view of a view, the flat vector itself as its base, so
+    # the flat vector's reference count says whether one is alive.
     def _init_weight_cache(self) -> None:
         self._version = 0
-        self._writable_views: list[weakref.ref] = []  # arrays are unhashable: no WeakSet
         self._cache: dict[Any, Any] = {}
         self._cache_version = -1
+        self._flat_refs = sys.getrefcount(self._flat)  # this object's own references
 
     def _params_changed(self) -> None:
         self._version += 1
 
     def _track(self, view: np.ndarray) -> np.ndarray:
-        self._writable_views = [ref for ref in self._writable_views if ref() is not None]
-        self._writable_views.append(weakref.ref(view))
+        """Hand out a writable view: whatever the caller does with it, the cache is stale."""
         self._params_changed()
         return view
 
     def _views_alive(self) -> bool:
-        self._writable_views = [ref for ref in self._writable_views if ref() is not None]
-        return bool(self._writable_views)
+        return sys.getrefcount(self._flat) > self._flat_refs
 
     def _prepared(self, key: Any, build: Any) -> Any:
         """Kernel-ready weights for ``key``, from the cache when it is valid."""
-        if self._writable_views and self._views_alive():
+        if self._views_alive():
             return build()
         cache = self._cache
         if self._cache_version != self._version:
@@ -332,7 +337,7 @@ class LSTM:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         # views into _flat are rebuilt on load so they stay views; caches are rebuilt too
-        for name in ("_params", "_version", "_writable_views", "_cache", "_cache_version"):
+        for name in ("_params", "_version", "_cache", "_cache_version", "_flat_refs"):
             del state[name]
         return state
 
@@ -349,6 +354,9 @@ class LSTM:
 
     # ------------------------------------------------------------------ input checks
     def _check_input(self, x: Any) -> np.ndarray:
+        shape = getattr(x, "shape", None)
+        if shape is not None and len(shape) == 3:  # before converting: x may be a broadcast view
+            check_blas_size(shape[0] * shape[1], 4 * self.hidden_size * shape[0])
         x = as_float_array(x, "x", self.dtype, 3, "(batch, time, features)")
         batch, time, features = x.shape
         if features != self.input_size:
@@ -380,6 +388,10 @@ class LSTM:
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
                 or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        check_blas_size(4 * self.hidden_size * int(batch_size), what="batch_size")
+        check_memory(self.num_layers * self.num_directions * int(batch_size)
+                     * (self.output_size + self.hidden_size) * self.dtype.itemsize,
+                     f"an initial state for {batch_size} sequences")
         return self._check_state(None, int(batch_size))
 
     # ------------------------------------------------------------------ forward
@@ -634,6 +646,7 @@ class LSTM:
                                  f"input_size={self.input_size}")
             if batch == 0:
                 raise ValueError(f"x_t must have at least one row, got shape {x_t.shape}")
+            check_blas_size(4 * self.hidden_size * batch, what="the batch")
             h, c = self._check_state(state, batch)
         level = _kernel.simd_level() if dtype == np.float32 else 0
         plan = self._prepared(("step", level), lambda: self._step_plan(level))

@@ -239,10 +239,6 @@ def test_weights_written_between_calls_are_used(level):
     assert_same(lstm.step(x[:, 0]), fresh.step(x[:, 0]), "step after flat_parameters -=")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: a view derived from parameters()/flat_parameters outlives the tracked view "
-    "(NumPy collapses view bases to the flat vector), so writes through it after the "
-    "next call are not seen: the weight cache serves the old weights"))
 def test_writes_through_a_view_of_a_parameter_view_are_used():
     lstm = pylstm.LSTM(2, 3, random_state=0)
     x = np.ones((1, 4, 2), np.float32)
