@@ -235,9 +235,10 @@ def fit(estimator: Any, X: Any, y: Any, *, epochs: int, classes: Any = None,
             (classes,) = dask.compute(da.unique(y), scheduler=scheduler)
         extra["classes"] = classes
 
-    # the chunk order's own stream, drawn from random_state as fit draws its seed
-    order_rng = np.random.default_rng(
-        check_random_state(estimator.random_state).randint(np.iinfo(np.int32).max))
+    # the chunk order's own stream, drawn from random_state as fit draws its
+    # seed; t_ (samples seen) gives a warm start new orders, not the same again
+    seed = check_random_state(estimator.random_state).randint(np.iinfo(np.int32).max)
+    order_rng = np.random.default_rng([seed, int(getattr(estimator, "t_", 0))])
     n_chunks = X.numblocks[0]
     visits = [order_rng.permutation(n_chunks) if estimator.shuffle else np.arange(n_chunks)
               for _ in range(epochs)]

@@ -330,6 +330,28 @@ def test_fit_is_reproducible_and_starts_over_unless_warm_start(client, data):
 
 
 @needs_dask
+def test_fit_epoch_by_epoch_with_warm_start_visits_chunks_in_new_orders(data):
+    X, y = data
+    X_dask = da.from_array(X, chunks=(30, 12, 3))                # 10 chunks
+    estimator = LSTMClassifier(hidden_size=4, warm_start=True, random_state=0)
+    first_rows = []
+    partial_fit = estimator.partial_fit
+
+    def spy(X_chunk, y_chunk, **kwargs):
+        first_rows.append(int(np.flatnonzero((X == X_chunk[0]).all(axis=(1, 2)))[0]))
+        return partial_fit(X_chunk, y_chunk, **kwargs)
+
+    estimator.partial_fit = spy
+    orders = []
+    for _ in range(3):
+        pylstm_dask.fit(estimator, X_dask, y, epochs=1, client=None)
+        orders.append(tuple(first_rows[-10:]))
+    assert all(sorted(order) == list(range(0, 300, 30)) for order in orders)
+    assert len(set(orders)) == 3
+    assert estimator.t_ == 3 * X.shape[0]
+
+
+@needs_dask
 def test_fit_and_predict_with_unknown_chunk_sizes(client, data):
     X, y = data
     X_dask = da.from_array(X, chunks=(100, 12, 3))
