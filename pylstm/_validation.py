@@ -50,6 +50,8 @@ def check_memory(n_bytes: int, what: str) -> None:
 
 def resolve_dtype(dtype: Any) -> np.dtype:
     """Return float32 or float64 for a dtype spec, or raise TypeError."""
+    if dtype is None:  # np.dtype(None) would silently mean float64
+        raise TypeError("dtype must be float32 or float64, got None")
     try:
         resolved = np.dtype(dtype)
     except TypeError as exc:

@@ -181,7 +181,8 @@ FN(tile)(const int nr, const FN(pylstm_step_args) *a, int u, int width, int row0
     VEC bias_g = LOAD(a->bias + 2 * H + unit0), bias_o = LOAD(a->bias + 3 * H + unit0);
     for (int b = 0; b < nr; ++b) {
         long row = row0 + b;
-        float *z = a->gates + row * a->ld_gates + unit0;
+        /* no gate buffer on the streaming path (fused input, nothing stored) */
+        float *z = a->gates != NULL ? a->gates + row * a->ld_gates + unit0 : NULL;
         float *c_row = a->cell + row * a->ld_cell + unit0;
         /* z = (h @ w_hh.T + bias) + x @ w_ih.T, the same association on both paths */
         VEC zi = acc[0][b] + bias_i, zf = acc[1][b] + bias_f;
