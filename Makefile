@@ -27,7 +27,7 @@ test: $(VENV)/.peers
 	$(PY) -m pytest tests -q
 
 bench: $(VENV)/.peers
-	$(PY) bench/bench_forward.py
+	$(PY) bench/run_bench.py
 
 clean:
 	rm -rf $(VENV) build src/*.c pylstm/*.so *.egg-info
