@@ -128,6 +128,9 @@ def _share(model: Any, client: Any) -> Any:
         return dask.delayed(model, name=f"pylstm-model-{uuid.uuid4().hex}")
     # A copy on every worker up front (broadcast), once per worker, whatever
     # the number of blocks; the graph's tasks hold only the future's key.
+    # (The Active Memory Manager drops copies no waiting task needs: computed
+    # more than a cycle later, a worker that lost its copy fetches it once more
+    # for its first task; still per worker, never per task.)
     # hash=False: no pickling just to name it, and a refitted model never
     # collides with a stale key.
     [future] = client.scatter([model], broadcast=True, hash=False)

@@ -203,16 +203,35 @@ def test_predict_per_step_outputs(client, data):
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.fixture
+def replicas_kept(client):
+    """The Active Memory Manager paused for one test.
+
+    Its ReduceReplicas policy (on by default) drops copies of data that no
+    waiting task needs, a scattered broadcast included (see the note on
+    ``broadcast`` in ``Client.scatter``); ``test_model_copies_under_the_amm``
+    covers that case.
+    """
+    client.amm.stop()
+    try:
+        yield
+    finally:
+        client.amm.start()
+
+
+def _collection(X, kind):
+    """X as 12 blocks of a dask array or 12 partitions of a bag, and the number of tasks."""
+    if kind == "array":
+        return da.from_array(X, chunks=(25, 12, 3)), 12
+    return db.from_sequence(list(X), npartitions=12), 12
+
+
 @needs_dask
 @pytest.mark.parametrize("collection", ["array", "bag"])
-def test_model_is_sent_to_each_worker_once(client, classifier, data, collection):
+def test_model_is_sent_to_each_worker_once(client, replicas_kept, classifier, data, collection):
     X, _ = data
-    if collection == "array":
-        X_dask = da.from_array(X, chunks=(25, 12, 3))            # 12 blocks
-        n_tasks = X_dask.numblocks[0]
-    else:
-        X_dask = db.from_sequence(list(X), npartitions=12)
-        n_tasks = X_dask.npartitions
+    X_dask, n_tasks = _collection(X, collection)
+    workers = client.scheduler_info()["workers"]
     client.run(_reset_model_loads)
     out = pylstm_dask.predict(classifier, X_dask)                # the default client
     # every task refers to the model by one key, which is not in the graph:
@@ -225,12 +244,12 @@ def test_model_is_sent_to_each_worker_once(client, classifier, data, collection)
     assert len(model_keys) == 1
     [model_key] = model_keys
     assert all(client.run(_holds, model_key).values())
-    assert client.run(_model_loads) == dict.fromkeys(client.scheduler_info()["workers"], 1)
+    assert client.run(_model_loads) == dict.fromkeys(workers, 1)
 
     result = out.compute()
     np.testing.assert_array_equal(np.asarray(result), classifier.predict(X))
     # 12 tasks ran, the model was unpickled once per worker, at the scatter
-    assert client.run(_model_loads) == dict.fromkeys(client.scheduler_info()["workers"], 1)
+    assert client.run(_model_loads) == dict.fromkeys(workers, 1)
 
     # the counter can tell: a model passed by value travels with every task
     client.run(_reset_model_loads)
@@ -241,6 +260,22 @@ def test_model_is_sent_to_each_worker_once(client, classifier, data, collection)
         naive = X_dask.map_partitions(lambda part, model: list(model.predict(part)), classifier)
     naive.compute()
     assert sum(client.run(_model_loads).values()) >= n_tasks
+
+
+@needs_dask
+def test_model_copies_under_the_amm(client, classifier, data):
+    # The default setting: when the result is computed later than the AMM's
+    # next cycle (2 s), the copies no task waits for yet have been dropped; a
+    # worker then fetches the model once more for its tasks, never once per task.
+    X, _ = data
+    X_dask, n_tasks = _collection(X, "array")
+    client.run(_reset_model_loads)
+    out = pylstm_dask.predict(classifier, X_dask)
+    client.amm.run_once()                     # as if compute() came a while later
+    np.testing.assert_array_equal(out.compute(), classifier.predict(X))
+    loads = client.run(_model_loads)
+    assert all(count <= 2 for count in loads.values()), loads
+    assert sum(loads.values()) <= 2 * len(loads) - 1 < n_tasks
 
 
 @needs_dask
