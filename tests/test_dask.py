@@ -9,7 +9,7 @@ The workers are spawned processes that inherit this process's ``sys.path``
 by the same names as here: ``CountingClassifier`` below is pickled by
 reference and counts its own unpickling in each worker.
 """
-import importlib.util
+import importlib
 import os
 import subprocess
 import sys
@@ -21,8 +21,13 @@ import pytest
 
 import pylstm
 
-HAVE_DASK = all(importlib.util.find_spec(name) is not None
-                for name in ("dask", "distributed", "sklearn"))
+try:
+    for _name in ("dask", "distributed", "sklearn"):
+        importlib.import_module(_name)
+except ImportError:
+    HAVE_DASK = False
+else:
+    HAVE_DASK = True
 needs_dask = pytest.mark.skipif(
     not HAVE_DASK, reason="needs dask[distributed] and scikit-learn: pip install 'pylstm[dask]'")
 
@@ -437,11 +442,11 @@ def test_search_runs_on_the_cluster_through_joblib(client, data, search_class):
         fits_before = sum(client.run(_fits).values())
         parent_fits_before = _fits()
         with joblib.parallel_config(backend="dask"):
-            distributed = make().fit(X, y)
+            on_cluster = make().fit(X, y)
     # every (candidate, fold) fit ran in a worker; only the final refit ran here
     assert sum(client.run(_fits).values()) - fits_before == n_fits
     assert _fits() - parent_fits_before == 1
     # the same fits, wherever they ran: bit-identical scores
-    np.testing.assert_array_equal(distributed.cv_results_["mean_test_score"],
+    np.testing.assert_array_equal(on_cluster.cv_results_["mean_test_score"],
                                   local.cv_results_["mean_test_score"])
-    assert distributed.best_params_ == local.best_params_
+    assert on_cluster.best_params_ == local.best_params_
