@@ -39,7 +39,7 @@ if HAVE_DASK:
     import dask.array as da
     import dask.bag as db
     import joblib
-    from distributed import Client, LocalCluster
+    from distributed import Client, Future, LocalCluster
     from sklearn.exceptions import ConvergenceWarning, NotFittedError
     from sklearn.model_selection import GridSearchCV, RandomizedSearchCV
 
@@ -76,6 +76,27 @@ def _fits():
 def _holds(key, dask_worker=None):
     """Whether this worker has ``key`` in memory (run through ``client.run``)."""
     return key in dask_worker.data
+
+
+def _task_dependencies(task):
+    """Keys a task of a graph depends on, futures' keys included."""
+    dependencies = getattr(task, "dependencies", None)
+    if dependencies is not None:          # dask >= 2024.12: Task objects
+        return set(dependencies)
+    found = set()                         # older: tuples holding the futures themselves
+
+    def walk(node):
+        if isinstance(node, Future):
+            found.add(node.key)
+        elif isinstance(node, (tuple, list)):
+            for item in node:
+                walk(item)
+        elif isinstance(node, dict):
+            for item in node.values():
+                walk(item)
+
+    walk(task)
+    return found
 
 
 def _sequences(n, steps, features, seed):
@@ -245,7 +266,7 @@ def test_model_is_sent_to_each_worker_once(client, replicas_kept, classifier, da
     tasks = [task for key, task in graph.items()
              if (key[0] if isinstance(key, tuple) else key) == out.name]
     assert len(tasks) == n_tasks
-    model_keys = {dep for task in tasks for dep in task.dependencies if dep not in graph}
+    model_keys = {dep for task in tasks for dep in _task_dependencies(task) if dep not in graph}
     assert len(model_keys) == 1
     [model_key] = model_keys
     assert all(client.run(_holds, model_key).values())
