@@ -14,7 +14,7 @@ def test_readme_has_examples():
 
 
 def test_readme_examples_run(tmp_path, monkeypatch):
-    for module in ("sklearn", "onnx"):
+    for module in ("sklearn", "onnx", "dask"):
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"the README examples use {module}")
     monkeypatch.chdir(tmp_path)
