@@ -25,6 +25,8 @@ _CHUNK_ROWS = 2048
 _MIN_CHUNK_STEPS = 8
 # From this batch size on, the SIMD step also computes the input term.
 _FUSE_MIN_BATCH = 4
+# Buffers the kernel streams start on a cache line.
+_empty = _kernel.aligned_empty
 
 State = tuple[np.ndarray, np.ndarray]
 _STATE_DIMS = "(num_layers * num_directions, batch, size)"
@@ -457,16 +459,16 @@ class LSTM:
         else:
             chunk_steps = min(time, max(_MIN_CHUNK_STEPS, _CHUNK_ROWS // batch))
             rows = chunk_steps * batch
-            gates = np.empty((rows, 4 * H), self.dtype)
-            packed = np.empty(rows * max(self.input_size, D * P), self.dtype)
-            hidden_scratch = np.empty((batch, P), self.dtype)
-        cell_out = np.empty((batch, H), self.dtype) if self.proj_size else None
+            gates = _empty((rows, 4 * H), self.dtype)
+            packed = _empty(rows * max(self.input_size, D * P), self.dtype)
+            hidden_scratch = _empty((batch, P), self.dtype)
+        cell_out = _empty((batch, H), self.dtype) if self.proj_size else None
         layer_input = x
         for layer in range(self.num_layers):
             width = self._layer_input_size(layer)
             out = np.zeros((batch, time, D * P), self.dtype)
             if train:
-                packed_x = np.empty((n_rows, width), self.dtype)
+                packed_x = _empty((n_rows, width), self.dtype)
                 _kernel.gather_inputs(layer_input, packing.perm, packing.batch_sizes, packed_x)
                 cache.packed_inputs.append(packed_x)
             else:
@@ -479,10 +481,10 @@ class LSTM:
                 hidden = h0[index][packing.perm]
                 cell = c0[index][packing.perm]
                 if train:
-                    gates = np.empty((n_rows, 4 * H), self.dtype)
-                    hidden_prev = np.empty((n_rows, P), self.dtype)
-                    cell_prev = np.empty((n_rows, H), self.dtype)
-                    tanh_cell = np.empty((n_rows, H), self.dtype)
+                    gates = _empty((n_rows, 4 * H), self.dtype)
+                    hidden_prev = _empty((n_rows, P), self.dtype)
+                    cell_prev = _empty((n_rows, H), self.dtype)
+                    tanh_cell = _empty((n_rows, H), self.dtype)
                     cache.gates.append(gates)
                     cache.hidden_prev.append(hidden_prev)
                     cache.cell_prev.append(cell_prev)
@@ -570,14 +572,14 @@ class LSTM:
         dh0 = np.empty_like(dh_n)
         dc0 = np.empty_like(dc_n)
         if self.proj_size:
-            d_cell_out = np.empty((batch, H), self.dtype)
-            d_hidden_all = np.empty((n_rows, P), self.dtype)
-            cell_out_all = np.empty((n_rows, H), self.dtype)
+            d_cell_out = _empty((batch, H), self.dtype)
+            d_hidden_all = _empty((n_rows, P), self.dtype)
+            cell_out_all = _empty((n_rows, H), self.dtype)
         else:
             d_cell_out = d_hidden_all = cell_out_all = None
         for layer in reversed(range(self.num_layers)):
             packed_x = cache.packed_inputs[layer]
-            d_packed_x = np.empty_like(packed_x)
+            d_packed_x = _empty(packed_x.shape, self.dtype)
             for direction in range(D):
                 index = layer * D + direction
                 suffix = f"l{layer}" + ("_reverse" if direction else "")

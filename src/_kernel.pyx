@@ -36,7 +36,7 @@ from libc.string cimport memcpy
 from _activations cimport sigmoid, tanh_
 from libc.stdlib cimport free
 
-from _blas cimport BlasTranspose, NoTrans, Trans, gemm, matmul, pack_operand, transposed
+from _blas cimport CACHE_LINE, BlasTranspose, NoTrans, Trans, gemm, matmul, pack_operand, transposed
 
 
 cdef extern from "_simd.h" nogil:
@@ -52,6 +52,8 @@ cdef extern from "_simd.h" nogil:
                      int store_gates, float *cell, int ld_cell,
                      float *cell_out, int ld_out, float *tanh_cell, int ld_tanh)
     int pylstm_vector_activation(int level, int which, const float *x, float *out, long n)
+    bint pylstm_all_finite_f32(const float *values, long n)
+    bint pylstm_all_finite_f64(const double *values, long n)
     void pylstm_set_num_threads(int n)
     int pylstm_get_num_threads()
 
@@ -460,7 +462,7 @@ def pack_weights(const float[:, ::1] w_hh, const float[:, ::1] w_ih, int hidden_
     cdef long size = pylstm_packed_size(level, hidden_size, P, I)
     if size == 0:
         return None
-    packed = np.empty(size, dtype=np.float32)
+    packed = aligned_empty(size, np.float32)
     cdef float[::1] packed_view = packed
     cdef const float *w_ih_ptr = NULL
     if w_ih is not None:
@@ -468,6 +470,24 @@ def pack_weights(const float[:, ::1] w_hh, const float[:, ::1] w_ih, int hidden_
     with nogil:
         pylstm_pack_weights(level, hidden_size, P, I, &w_hh[0, 0], w_ih_ptr, &packed_view[0])
     return packed
+
+
+def aligned_empty(shape, dtype):
+    """``np.empty(shape, dtype)`` whose data starts on a cache line.
+
+    For the buffers the SIMD code streams with full-vector loads and stores
+    (packed weights, gates, states): see CACHE_LINE in _blas.pxd.
+    """
+    import numpy as np
+    dtype = np.dtype(dtype)
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    cdef Py_ssize_t n_bytes = dtype.itemsize
+    for size in shape:
+        n_bytes *= size
+    raw = np.empty(n_bytes + CACHE_LINE, dtype=np.uint8)
+    cdef unsigned char[::1] view = raw
+    cdef size_t offset = (CACHE_LINE - (<size_t> &view[0]) % CACHE_LINE) % CACHE_LINE
+    return raw[offset:offset + n_bytes].view(dtype).reshape(shape)
 
 
 def vector_activation(int level, int which, const float[::1] x, float[::1] out):
@@ -639,11 +659,10 @@ def scatter_inputs(const floating[:, ::1] packed, const Py_ssize_t[::1] perm,
 
 cdef bint _finite(const floating *values, Py_ssize_t n) noexcept nogil:
     """np.isfinite(values[:n]).all()."""
-    cdef Py_ssize_t k
-    cdef floating zero = 0
-    for k in range(n):
-        zero += values[k] * 0     # x * 0 is NaN exactly when x is NaN or infinite
-    return zero == 0
+    if floating is float:
+        return pylstm_all_finite_f32(values, n)
+    else:
+        return pylstm_all_finite_f64(values, n)
 
 
 def all_finite(const floating[::1] values):

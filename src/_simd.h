@@ -199,6 +199,29 @@ static void pylstm_transpose_f64(int l, long r, long c, const double *s, long ld
 #endif
 #undef PYLSTM_GEMM_DISPATCH
 
+/* Whether every value is finite: no exponent field all ones (inf or NaN).
+ * Integer tests on the bits vectorise at -O3 on any x86-64; a floating-point
+ * test would not (without -ffast-math the compiler keeps the sum's order). */
+static int pylstm_all_finite_f32(const float *values, long n) {
+    unsigned int bad = 0;
+    for (long k = 0; k < n; ++k) {
+        unsigned int bits;
+        memcpy(&bits, values + k, sizeof bits);
+        bad |= (bits & 0x7f800000u) == 0x7f800000u;
+    }
+    return !bad;
+}
+
+static int pylstm_all_finite_f64(const double *values, long n) {
+    unsigned long long bad = 0;
+    for (long k = 0; k < n; ++k) {
+        unsigned long long bits;
+        memcpy(&bits, values + k, sizeof bits);
+        bad |= (bits & 0x7ff0000000000000ull) == 0x7ff0000000000000ull;
+    }
+    return !bad;
+}
+
 /* Vector sigmoid (which=0) or tanh (which=1) at a level, for the tests. */
 static int pylstm_vector_activation(int level, int which, const float *x, float *out, long n) {
 #if PYLSTM_HAVE_SIMD

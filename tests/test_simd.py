@@ -204,3 +204,27 @@ def test_thread_pool_survives_fork_and_concurrent_callers():
 
 def _same_after_fork(lstm, x, want):
     return bool(np.array_equal(lstm(x)[0], want))
+
+
+@pytest.mark.parametrize("shape", [0, 1, 7, (3, 5), (2, 3, 17)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_aligned_empty_starts_on_a_cache_line(shape, dtype):
+    # the SIMD code streams these buffers with full-vector loads
+    for _ in range(20):  # different heap positions
+        a = _kernel.aligned_empty(shape, dtype)
+        assert a.size == 0 or a.ctypes.data % 64 == 0  # an empty array has no data to stream
+        assert a.shape == ((shape,) if isinstance(shape, int) else shape) and a.dtype == dtype
+        assert a.flags.c_contiguous and a.flags.writeable
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_all_finite_finds_one_bad_value_anywhere(dtype, bad):
+    values = np.random.default_rng(0).uniform(-1, 1, 1000).astype(dtype)
+    values[[0, 1, -1]] = np.finfo(dtype).max, -np.finfo(dtype).max, np.finfo(dtype).tiny
+    assert _kernel.all_finite(values)
+    for position in (0, 1, 15, 16, 17, 500, 998, 999):
+        spoiled = values.copy()
+        spoiled[position] = bad
+        assert not _kernel.all_finite(spoiled)
+        assert not _kernel.all_finite(spoiled[position:position + 1])
