@@ -630,18 +630,13 @@ class LSTM:
         if self.bidirectional:
             raise ValueError("step() needs a unidirectional LSTM: a bidirectional layer's "
                              "reverse direction needs the whole sequence")
-        dtype = self.dtype
-        if (type(x_t) is np.ndarray and x_t.dtype == dtype and x_t.ndim == 2
-                and x_t.flags.c_contiguous and x_t.flags.aligned
-                and x_t.shape[1] == self.input_size
-                and x_t.shape[0] > 0 and type(state) is tuple and len(state) == 2
-                and _ready_state(state[0], dtype, (self.num_layers, x_t.shape[0],
-                                                   self.output_size))
-                and _ready_state(state[1], dtype, (self.num_layers, x_t.shape[0],
-                                                   self.hidden_size))):
-            h, c = state  # a streaming loop's own arrays: nothing to convert
-        else:
-            x_t = as_float_array(x_t, "x_t", dtype, 2, "(batch, input_size)")
+        level = _kernel.simd_level() if self.dtype == np.float32 else 0
+        plan = self._prepared(("step", level), lambda: self._step_plan(level))
+        # A streaming loop's own arrays go straight to the kernel; anything
+        # else is converted and checked here first.
+        result = plan.step(x_t, state)
+        if result is None:
+            x_t = as_float_array(x_t, "x_t", self.dtype, 2, "(batch, input_size)")
             batch, features = x_t.shape
             if features != self.input_size:
                 raise ValueError(f"x_t has {features} features, but this LSTM has "
@@ -649,28 +644,16 @@ class LSTM:
             if batch == 0:
                 raise ValueError(f"x_t must have at least one row, got shape {x_t.shape}")
             check_blas_size(4 * self.hidden_size * batch, what="the batch")
-            h, c = self._check_state(state, batch)
-        level = _kernel.simd_level() if dtype == np.float32 else 0
-        plan = self._prepared(("step", level), lambda: self._step_plan(level))
-        h_new = np.empty_like(h)
-        c_new = np.empty_like(c)
-        not_finite = plan.run(x_t, h, c, h_new, c_new)
-        if not_finite:
-            name = ("x_t", "state h", "state c")[not_finite - 1]
-            raise ValueError(f"{name} must be finite, but contains NaN or infinity")
-        return h_new[-1], (h_new, c_new)
+            result = plan.step(x_t, tuple(self._check_state(state, batch)))
+            if result is None:  # cannot happen: checked and converted above
+                raise RuntimeError("step(): converted inputs were not accepted by the kernel")
+        return result
 
     def _step_plan(self, level: int) -> "_kernel.StepPlan":
         layers = [self._kernel_weights(layer, 0, level, fuse_input=True)
                   for layer in range(self.num_layers)]
         return _kernel.StepPlan(layers, self.input_size, self.hidden_size, self.output_size,
                                 level, self.dtype)
-
-
-def _ready_state(array: Any, dtype: np.dtype, shape: tuple[int, ...]) -> bool:
-    """Whether a state array can go to the kernel as it is (finiteness is checked there)."""
-    return (type(array) is np.ndarray and array.dtype == dtype and array.shape == shape
-            and array.flags.c_contiguous and array.flags.aligned)
 
 
 def _views(flat: np.ndarray, layout: list[tuple[str, tuple[int, ...]]]) -> dict[str, np.ndarray]:

@@ -34,7 +34,12 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.string cimport memcpy
 
 from _activations cimport sigmoid, tanh_
-from libc.stdlib cimport free
+from libc.stdlib cimport free, malloc
+from libc.limits cimport INT_MAX
+cimport numpy as cnp
+import numpy as np
+
+cnp.import_array()
 
 from _blas cimport CACHE_LINE, BlasTranspose, NoTrans, Trans, gemm, matmul, pack_operand, transposed
 
@@ -456,7 +461,6 @@ def pack_weights(const float[:, ::1] w_hh, const float[:, ::1] w_ih, int hidden_
 
     Returns None on the portable path (level 0).
     """
-    import numpy as np
     cdef int P = w_hh.shape[1]
     cdef int I = 0 if w_ih is None else w_ih.shape[1]
     cdef long size = pylstm_packed_size(level, hidden_size, P, I)
@@ -478,7 +482,6 @@ def aligned_empty(shape, dtype):
     For the buffers the SIMD code streams with full-vector loads and stores
     (packed weights, gates, states): see CACHE_LINE in _blas.pxd.
     """
-    import numpy as np
     dtype = np.dtype(dtype)
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     cdef Py_ssize_t n_bytes = dtype.itemsize
@@ -686,6 +689,21 @@ cdef struct _LayerWeights:
     int width               # I_k, the layer's input size
 
 
+cdef inline bint _ready(object a, int typenum, int ndim):
+    """An exact ndarray the kernel can read as it is: dtype, byte order, dims, C order, aligned."""
+    if not cnp.PyArray_CheckExact(a):
+        return False
+    cdef cnp.ndarray array = <cnp.ndarray> a
+    return (cnp.PyArray_TYPE(array) == typenum and cnp.PyArray_ISNOTSWAPPED(array)
+            and cnp.PyArray_NDIM(array) == ndim
+            and cnp.PyArray_CHKFLAGS(array, cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED))
+
+
+cdef inline bint _same_shape(object a, const cnp.npy_intp *dims):
+    cdef const cnp.npy_intp *shape = cnp.PyArray_DIMS(<cnp.ndarray> a)
+    return shape[0] == dims[0] and shape[1] == dims[1] and shape[2] == dims[2]
+
+
 cdef size_t _address(object array):
     """Address of a C-contiguous array's data (it is kept alive by its owner), 0 for None."""
     return 0 if array is None else array.__array_interface__["data"][0]
@@ -703,6 +721,8 @@ cdef class StepPlan:
     cdef readonly object dtype
     cdef list _layers
     cdef _LayerWeights *_weights
+    cdef int _typenum
+    cdef Py_ssize_t _max_batch   # keeps every size the kernel computes in a C int
 
     def __cinit__(self, list layers, int input_size, int hidden_size, int output_size,
                   int level, dtype):
@@ -713,6 +733,8 @@ cdef class StepPlan:
         self.hidden_size = hidden_size
         self.output_size = output_size
         self.dtype = dtype
+        self._typenum = cnp.NPY_FLOAT32 if dtype == np.float32 else cnp.NPY_FLOAT64
+        self._max_batch = INT_MAX // (4 * hidden_size)
         self._layers = layers
         self._weights = <_LayerWeights *> PyMem_Malloc(len(layers) * sizeof(_LayerWeights))
         if self._weights == NULL:
@@ -728,24 +750,56 @@ cdef class StepPlan:
     def __dealloc__(self):
         PyMem_Free(self._weights)
 
-    def run(self, const floating[:, ::1] x, const floating[:, :, ::1] h,
-            const floating[:, :, ::1] c, floating[:, :, ::1] h_new,
-            floating[:, :, ::1] c_new):
-        """h_new, c_new = one step from (h, c) with input x (B, I).
+    def step(self, x, state):
+        """``(y, (h_new, c_new))``: one step from ``state = (h, c)`` with input ``x``.
 
-        h, h_new (L, B, P); c, c_new (L, B, H); the caller checked shapes and
-        that the dtype is the plan's. Before computing, checks that x, h and c
-        are finite (here, on buffers already acquired, to keep a streaming step
-        cheap) and returns 1, 2 or 3 for the first that is not (nothing is
-        written then), else 0.
+        The streaming fast path: returns None, having done nothing, unless
+        ``x`` (B, I), ``h`` (L, B, P) and ``c`` (L, B, H) are exact ndarrays
+        of the plan's dtype, native byte order, C-contiguous and aligned,
+        which the caller then converts or rejects with a clear error. Checks
+        finiteness here, on the buffers it already holds, and raises
+        ValueError naming the first input that is not finite (nothing is
+        computed then). New arrays are returned; the inputs are not modified.
         """
-        if not _finite(&x[0, 0], x.shape[0] * x.shape[1]):
-            return 1
-        if not _finite(&h[0, 0, 0], h.shape[0] * h.shape[1] * h.shape[2]):
-            return 2
-        if not _finite(&c[0, 0, 0], c.shape[0] * c.shape[1] * c.shape[2]):
-            return 3
-        cdef int B = x.shape[0]
+        if type(state) is not tuple or len(<tuple> state) != 2:
+            return None
+        h, c = <tuple> state
+        if not _ready(x, self._typenum, 2):
+            return None
+        cdef cnp.npy_intp B = cnp.PyArray_DIMS(x)[0]
+        if B < 1 or cnp.PyArray_DIMS(x)[1] != self.input_size or B > self._max_batch:
+            return None
+        cdef cnp.npy_intp h_dims[3]
+        cdef cnp.npy_intp c_dims[3]
+        h_dims[0] = c_dims[0] = self.num_layers
+        h_dims[1] = c_dims[1] = B
+        h_dims[2] = self.output_size
+        c_dims[2] = self.hidden_size
+        if not (_ready(h, self._typenum, 3) and _ready(c, self._typenum, 3)
+                and _same_shape(h, h_dims) and _same_shape(c, c_dims)):
+            return None
+        h_new = cnp.PyArray_EMPTY(3, h_dims, self._typenum, 0)
+        c_new = cnp.PyArray_EMPTY(3, c_dims, self._typenum, 0)
+        cdef int status
+        if self._typenum == cnp.NPY_FLOAT32:
+            status = self._run(<const float *> cnp.PyArray_DATA(x), <const float *> cnp.PyArray_DATA(h),
+                               <const float *> cnp.PyArray_DATA(c), <float *> cnp.PyArray_DATA(h_new),
+                               <float *> cnp.PyArray_DATA(c_new), B)
+        else:
+            status = self._run(<const double *> cnp.PyArray_DATA(x), <const double *> cnp.PyArray_DATA(h),
+                               <const double *> cnp.PyArray_DATA(c), <double *> cnp.PyArray_DATA(h_new),
+                               <double *> cnp.PyArray_DATA(c_new), B)
+        if status == -1:
+            raise MemoryError()
+        if status:
+            name = ("x_t", "state h", "state c")[status - 1]
+            raise ValueError(f"{name} must be finite, but contains NaN or infinity")
+        return h_new[self.num_layers - 1], (h_new, c_new)
+
+    cdef int _run(self, const floating *x, const floating *h, const floating *c,
+                  floating *h_new, floating *c_new, Py_ssize_t B) except -2:
+        """One step of every layer; 1, 2 or 3 if x, h or c is not finite, -1 out of memory."""
+        cdef Py_ssize_t L = self.num_layers
         cdef int H = self.hidden_size
         cdef int P = self.output_size
         cdef int G = 4 * H
@@ -758,40 +812,47 @@ cdef class StepPlan:
         # workspaces: gates for the BLAS path, o * tanh(c) before a projection
         cdef floating *gates = NULL
         cdef floating *cell_out = NULL
-        if not simd:
-            gates = <floating *> PyMem_Malloc(B * G * sizeof(floating))
-        if projects:
-            cell_out = <floating *> PyMem_Malloc(B * H * sizeof(floating))
-        if (not simd and gates == NULL) or (projects and cell_out == NULL):
-            PyMem_Free(gates)
-            raise MemoryError()
+        cdef int status = 0
         with nogil:
-            for layer in range(self.num_layers):
+            if not _finite(x, B * self.input_size):
+                status = 1
+            elif not _finite(h, L * B * P):
+                status = 2
+            elif not _finite(c, L * B * H):
+                status = 3
+            else:
+                if not simd:
+                    gates = <floating *> malloc(B * G * sizeof(floating))
+                if projects:
+                    cell_out = <floating *> malloc(B * H * sizeof(floating))
+                if (not simd and gates == NULL) or (projects and cell_out == NULL):
+                    status = -1
+            for layer in range(L if status == 0 else 0):
                 weights = &self._weights[layer]
                 width = weights.width
-                layer_in = &x[0, 0] if layer == 0 else &h_new[layer - 1, 0, 0]
-                r = cell_out if projects else &h_new[layer, 0, 0]
-                memcpy(&c_new[layer, 0, 0], &c[layer, 0, 0], B * H * sizeof(floating))
+                layer_in = x if layer == 0 else h_new + (layer - 1) * B * P
+                r = cell_out if projects else h_new + layer * B * P
+                memcpy(c_new + layer * B * H, c + layer * B * H, B * H * sizeof(floating))
                 if simd:
                     # [F1]+[F2]+[F3]: z = h @ w_hh.T + x @ w_ih.T + bias, cell update
                     pylstm_step(self.level, B, H, P, width, weights.panels,
-                                <const float *> weights.bias, <const float *> &h[layer, 0, 0], P,
+                                <const float *> weights.bias, <const float *> h + layer * B * P, P,
                                 <const float *> layer_in, width, NULL, G, 0,
-                                <float *> &c_new[layer, 0, 0], H, <float *> r, H, NULL, 0)
+                                <float *> c_new + layer * B * H, H, <float *> r, H, NULL, 0)
                 else:
                     # [F1] gates = x @ w_ih.T : (B, I) @ (I, 4H)
                     gemm(NoTrans, Trans, B, G, width, 1, layer_in, width,
                          <const floating *> weights.w_ih, width, 0, gates, G)
                     # [F2] gates += h @ w_hh.T : (B, P) @ (P, 4H)
-                    gemm(NoTrans, Trans, B, G, P, 1, &h[layer, 0, 0], P,
+                    gemm(NoTrans, Trans, B, G, P, 1, h + layer * B * P, P,
                          <const floating *> weights.w_hh, P, 1, gates, G)
                     # [F3]
                     _cell_forward(H, B, gates, <const floating *> weights.bias,
-                                  &c_new[layer, 0, 0], r, NULL)
+                                  c_new + layer * B * H, r, NULL)
                 if projects:
                     # [F4] h = r @ w_hr.T : (B, H) @ (H, P)
                     gemm(NoTrans, Trans, B, P, H, 1, r, H, <const floating *> weights.w_hr, H,
-                         0, &h_new[layer, 0, 0], P)
-        PyMem_Free(gates)
-        PyMem_Free(cell_out)
-        return 0
+                         0, h_new + layer * B * P, P)
+            free(gates)
+            free(cell_out)
+        return status

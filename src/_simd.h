@@ -19,6 +19,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* NumPy's headers (included before this one in _kernel.c) bring <complex.h>,
+ * whose macro I would rename every input size I below. */
+#ifdef I
+#undef I
+#endif
+
 #include "_threads.h"
 
 enum { PYLSTM_PORTABLE = 0, PYLSTM_AVX2 = 1, PYLSTM_AVX512 = 2 };

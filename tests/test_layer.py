@@ -320,6 +320,49 @@ def test_step_starts_from_initial_state(rng):
     assert_close(c, expected_c, 1e-10, "c")
 
 
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
+@pytest.mark.parametrize("variant", ["fortran", "byteswapped", "strided", "list", "state_list",
+                                     "other_dtype", "readonly", "state_nan", "x_inf"])
+def test_step_gives_the_same_result_on_and_off_the_fast_path(variant, dtype, rng):
+    # step() hands exact, native, C-contiguous arrays straight to the kernel and
+    # converts everything else first: both routes must agree, or both refuse.
+    lstm = make_layer(2, False, 0, dtype, random_state=8)
+    x_t = rng.standard_normal((3, lstm.input_size)).astype(dtype)
+    h, c = (rng.standard_normal(a.shape).astype(dtype) for a in lstm.initial_state(3))
+    expected_y, (expected_h, expected_c) = lstm.step(x_t, (h, c))
+    other = np.float32 if dtype == np.float64 else np.float64
+    state = (h, c)
+    if variant == "fortran":
+        x_t = np.asfortranarray(x_t)
+    elif variant == "byteswapped":
+        x_t = x_t.astype(x_t.dtype.newbyteorder())
+        state = (h.astype(h.dtype.newbyteorder()), c)
+    elif variant == "strided":
+        x_t = np.repeat(x_t, 2, axis=0)[::2]
+        state = (h, np.repeat(c, 2, axis=2)[:, :, ::2])
+    elif variant == "list":
+        x_t = x_t.tolist()
+    elif variant == "state_list":
+        state = [h.tolist(), c]
+    elif variant == "other_dtype":
+        x_t = x_t.astype(other)
+        expected_y, (expected_h, expected_c) = lstm.step(x_t.astype(dtype), (h, c))
+    elif variant == "readonly":
+        x_t.flags.writeable = False
+        h.flags.writeable = False
+    elif variant in ("state_nan", "x_inf"):
+        (h if variant == "state_nan" else x_t)[0, -1] = np.nan if variant == "state_nan" else np.inf
+        with pytest.raises(ValueError, match="state h must be finite" if variant == "state_nan"
+                           else "x_t must be finite"):
+            lstm.step(x_t, (h, c))
+        return
+    y, (h_new, c_new) = lstm.step(x_t, state)
+    assert y.dtype == dtype and h_new.dtype == dtype and c_new.dtype == dtype
+    np.testing.assert_array_equal(y, expected_y)
+    np.testing.assert_array_equal(h_new, expected_h)
+    np.testing.assert_array_equal(c_new, expected_c)
+
 # --------------------------------------------------------------------------
 # Attributes and parameters
 # --------------------------------------------------------------------------
