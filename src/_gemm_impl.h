@@ -86,6 +86,7 @@ GFN(gtile)(const int nr, int m0, int blk, int k0, int k1, int K, int N,
         const SCALAR *w = panel + (long)k * width;
         GVEC b0 = GFN(gload)(w), b1 = GFN(gload)(w + VW);
         GVEC b2 = GFN(gload)(w + 2 * VW), b3 = GFN(gload)(w + 3 * VW);
+        PYLSTM_IN_REGISTERS(b0, b1, b2, b3);
         for (int r = 0; r < nr; ++r) {
             SCALAR x = a[(long)(m0 + r) * a_row + (long)k * a_col];
             acc[0][r] += b0 * x;

@@ -149,6 +149,7 @@ FN(tile)(const int nr, const FN(pylstm_step_args) *a, int u, int width, int row0
         const float *w = panel + (long)k * 4 * VW;
         VEC w_i = FN(load)(w), w_f = FN(load)(w + VW);
         VEC w_g = FN(load)(w + 2 * VW), w_o = FN(load)(w + 3 * VW);
+        PYLSTM_IN_REGISTERS(w_i, w_f, w_g, w_o);
         for (int b = 0; b < nr; ++b) {
             float x = a->x[(long)(row0 + b) * a->ld_x + (k - P)];
             acc[0][b] += w_i * x;
@@ -164,6 +165,7 @@ FN(tile)(const int nr, const FN(pylstm_step_args) *a, int u, int width, int row0
         const float *w = panel + (long)k * 4 * VW;
         VEC w_i = FN(load)(w), w_f = FN(load)(w + VW);
         VEC w_g = FN(load)(w + 2 * VW), w_o = FN(load)(w + 3 * VW);
+        PYLSTM_IN_REGISTERS(w_i, w_f, w_g, w_o);
         for (int b = 0; b < nr; ++b) {
             float h = a->h_prev[(long)(row0 + b) * a->ld_h + k];
             acc[0][b] += w_i * h;
