@@ -1,6 +1,6 @@
 /* A small GEMM with a packed right-hand side, for one element type and one
  * SIMD width; included by _simd.h once per (type, instruction set) with:
- *   SCALAR  float or double
+ *   SCALAR  float or double (SCALAR_IS_DOUBLE 0 or 1)
  *   VW      lanes per vector
  *   NR      rows of C per register tile
  *   SFX     name suffix, e.g. f32_avx512
@@ -58,8 +58,52 @@ GFN(pylstm_pack_b)(int K, int N, const SCALAR *b, long b_row, long b_col, SCALAR
         }
 }
 
+/* Transpose one TB x TB block (TB = 256 bits of SCALAR: 8 floats or 4
+ * doubles) in AVX registers: dst[j * ld_dst + i] = src[i * ld_src + j]. */
+#if SCALAR_IS_DOUBLE
+#define TB 4
+#else
+#define TB 8
+#endif
+__attribute__((target(TARGET), always_inline)) static inline void
+GFN(transpose_block)(const SCALAR *src, long ld_src, SCALAR *dst, long ld_dst) {
+#if TB == 8
+    __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + ld_src);
+    __m256 r2 = _mm256_loadu_ps(src + 2 * ld_src), r3 = _mm256_loadu_ps(src + 3 * ld_src);
+    __m256 r4 = _mm256_loadu_ps(src + 4 * ld_src), r5 = _mm256_loadu_ps(src + 5 * ld_src);
+    __m256 r6 = _mm256_loadu_ps(src + 6 * ld_src), r7 = _mm256_loadu_ps(src + 7 * ld_src);
+    /* pairs of rows interleaved, then quads, then the 128-bit halves swapped */
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_storeu_ps(dst, _mm256_permute2f128_ps(s0, s4, 0x20));
+    _mm256_storeu_ps(dst + ld_dst, _mm256_permute2f128_ps(s1, s5, 0x20));
+    _mm256_storeu_ps(dst + 2 * ld_dst, _mm256_permute2f128_ps(s2, s6, 0x20));
+    _mm256_storeu_ps(dst + 3 * ld_dst, _mm256_permute2f128_ps(s3, s7, 0x20));
+    _mm256_storeu_ps(dst + 4 * ld_dst, _mm256_permute2f128_ps(s0, s4, 0x31));
+    _mm256_storeu_ps(dst + 5 * ld_dst, _mm256_permute2f128_ps(s1, s5, 0x31));
+    _mm256_storeu_ps(dst + 6 * ld_dst, _mm256_permute2f128_ps(s2, s6, 0x31));
+    _mm256_storeu_ps(dst + 7 * ld_dst, _mm256_permute2f128_ps(s3, s7, 0x31));
+#else
+    __m256d r0 = _mm256_loadu_pd(src), r1 = _mm256_loadu_pd(src + ld_src);
+    __m256d r2 = _mm256_loadu_pd(src + 2 * ld_src), r3 = _mm256_loadu_pd(src + 3 * ld_src);
+    __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
+    __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
+    _mm256_storeu_pd(dst, _mm256_permute2f128_pd(t0, t2, 0x20));
+    _mm256_storeu_pd(dst + ld_dst, _mm256_permute2f128_pd(t1, t3, 0x20));
+    _mm256_storeu_pd(dst + 2 * ld_dst, _mm256_permute2f128_pd(t0, t2, 0x31));
+    _mm256_storeu_pd(dst + 3 * ld_dst, _mm256_permute2f128_pd(t1, t3, 0x31));
+#endif
+}
+
 /* dst (cols, rows) = src (rows, cols).T, src with leading dimension ld_src;
- * in 32 x 32 blocks so both sides stay in cache. */
+ * in 32 x 32 blocks so both sides stay in cache, each made of TB x TB
+ * register transposes (scalar copies at the edges). */
 __attribute__((target(TARGET))) static void
 GFN(pylstm_transpose)(long rows, long cols, const SCALAR *src, long ld_src, SCALAR *dst) {
     const long block = 32;
@@ -67,10 +111,19 @@ GFN(pylstm_transpose)(long rows, long cols, const SCALAR *src, long ld_src, SCAL
         for (long j0 = 0; j0 < cols; j0 += block) {
             long i1 = i0 + block < rows ? i0 + block : rows;
             long j1 = j0 + block < cols ? j0 + block : cols;
-            for (long j = j0; j < j1; ++j)
-                for (long i = i0; i < i1; ++i) dst[j * rows + i] = src[i * ld_src + j];
+            long i = i0;
+            for (; i + TB <= i1; i += TB) {
+                long j = j0;
+                for (; j + TB <= j1; j += TB)
+                    GFN(transpose_block)(src + i * ld_src + j, ld_src, dst + j * rows + i, rows);
+                for (; j < j1; ++j)
+                    for (long ii = i; ii < i + TB; ++ii) dst[j * rows + ii] = src[ii * ld_src + j];
+            }
+            for (; i < i1; ++i)
+                for (long j = j0; j < j1; ++j) dst[j * rows + i] = src[i * ld_src + j];
         }
 }
+#undef TB
 
 /* One tile: rows [m0, m0 + nr) x columns of block blk, k in [k0, k1). */
 __attribute__((target(TARGET), always_inline)) static inline void

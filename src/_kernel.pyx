@@ -59,6 +59,14 @@ cdef extern from "_simd.h" nogil:
     int pylstm_vector_activation(int level, int which, const float *x, float *out, long n)
     bint pylstm_all_finite_f32(const float *values, long n)
     bint pylstm_all_finite_f64(const double *values, long n)
+    void pylstm_cell_backward_f32(int level, long H, long live, float *gates,
+                                  const float *cell_prev, const float *tanh_cell,
+                                  const float *d_cell_out, float *d_cell, float *cell_out)
+    void pylstm_cell_backward_f64(int level, long H, long live, double *gates,
+                                  const double *cell_prev, const double *tanh_cell,
+                                  const double *d_cell_out, double *d_cell, double *cell_out)
+    void pylstm_row_sums_f32(int level, const float *a, long rows, long cols, float *sums)
+    void pylstm_row_sums_f64(int level, const double *a, long rows, long cols, double *sums)
     void pylstm_set_num_threads(int n)
     int pylstm_get_num_threads()
 
@@ -144,61 +152,26 @@ cdef void _cell_forward(Py_ssize_t H, Py_ssize_t live, floating *gates,
                 t_row[j] = tanh_c
 
 
-cdef void _cell_backward(Py_ssize_t H, Py_ssize_t live, floating *gates,
-                         const floating *cell_prev, const floating *tanh_cell,
-                         const floating *d_cell_out, floating *d_cell,
-                         floating *cell_out) noexcept nogil:
-    """[B3] Differentiates [F3]: activated gates (live, 4H) -> pre-activation grads, in place.
-
-    ``cell_prev`` (live, H) is c_{t-1} and ``tanh_cell`` (live, H) is
-    tanh(c_t), both kept by the forward pass; ``d_cell_out`` (live, H) is
-    dL/d(o*tanh(c_t)); ``d_cell`` (live, H) carries dL/dc_t in and dL/dc_{t-1}
-    out. If ``cell_out`` is not NULL, o*tanh(c_t) is written there (live, H),
-    for the projection's weight gradient.
-    """
-    cdef Py_ssize_t j, b
-    cdef floating *z
-    cdef const floating *cp_row
-    cdef const floating *tc_row
-    cdef const floating *dr_row
-    cdef floating *dc_row
-    cdef floating *r_row = NULL
-    cdef floating i, f, g, o, c_prev, tanh_c, d_r, d_c
-    for b in range(live):
-        z = gates + b * 4 * H
-        cp_row = cell_prev + b * H
-        tc_row = tanh_cell + b * H
-        dr_row = d_cell_out + b * H
-        dc_row = d_cell + b * H
-        if cell_out != NULL:
-            r_row = cell_out + b * H
-        for j in range(H):
-            i = z[j]
-            f = z[H + j]
-            g = z[2 * H + j]
-            o = z[3 * H + j]
-            c_prev = cp_row[j]
-            tanh_c = tc_row[j]
-            if r_row != NULL:
-                r_row[j] = o * tanh_c
-            d_r = dr_row[j]
-            d_c = dc_row[j] + d_r * o * (1 - tanh_c * tanh_c)
-            dc_row[j] = d_c * f
-            z[j] = d_c * g * i * (1 - i)
-            z[H + j] = d_c * c_prev * f * (1 - f)
-            z[2 * H + j] = d_c * i * (1 - g * g)
-            z[3 * H + j] = d_r * tanh_c * o * (1 - o)
+cdef inline void _cell_backward(int level, Py_ssize_t H, Py_ssize_t live, floating *gates,
+                                const floating *cell_prev, const floating *tanh_cell,
+                                const floating *d_cell_out, floating *d_cell,
+                                floating *cell_out) noexcept nogil:
+    """[B3] Differentiates [F3], in place in ``gates``; see ``_cell_impl.h``."""
+    if floating is float:
+        pylstm_cell_backward_f32(level, H, live, gates, cell_prev, tanh_cell, d_cell_out,
+                                 d_cell, cell_out)
+    else:
+        pylstm_cell_backward_f64(level, H, live, gates, cell_prev, tanh_cell, d_cell_out,
+                                 d_cell, cell_out)
 
 
-cdef void _row_sums(const floating *a, Py_ssize_t rows, Py_ssize_t cols,
-                    floating *sums) noexcept nogil:
+cdef inline void _row_sums(int level, const floating *a, Py_ssize_t rows, Py_ssize_t cols,
+                           floating *sums) noexcept nogil:
     """sums = a.sum(axis=0) for a row-major (rows, cols)."""
-    cdef Py_ssize_t j, k
-    for k in range(cols):
-        sums[k] = 0
-    for j in range(rows):
-        for k in range(cols):
-            sums[k] += a[j * cols + k]
+    if floating is float:
+        pylstm_row_sums_f32(level, a, rows, cols, sums)
+    else:
+        pylstm_row_sums_f64(level, a, rows, cols, sums)
 
 
 # ---------------------------------------------------------------------------
@@ -380,7 +353,7 @@ cdef int _direction_backward(
                 matmul(level, NoTrans, NoTrans, live, H, P, d_hidden, P, w_hr, H, w_hr_p,
                        False, d_r, H)
             # [B3] gate and cell gradients, in place in gates[rows]
-            _cell_backward(H, live, gates + row * G, cell_prev + row * H, tanh_cell + row * H,
+            _cell_backward(level, H, live, gates + row * G, cell_prev + row * H, tanh_cell + row * H,
                            d_r, d_cell, cell_out_all + row * H if projects else NULL)
             # [B2] d_hidden[:live] = d_gates @ w_hh : (live, 4H) @ (4H, P)
             matmul(level, NoTrans, NoTrans, live, P, G, gates + row * G, G, w_hh, P, w_hh_p,
@@ -399,7 +372,7 @@ cdef int _direction_backward(
             matmul(level, trans_left, NoTrans, G, P, N, left, ld_left, hidden_prev, P, h_p,
                    False, d_w_hh, P)
         # [B3] d_bias = d_gates.sum(axis=0), the same for b_ih and b_hh
-        _row_sums(gates, N, G, d_bias)
+        _row_sums(level, gates, N, G, d_bias)
         if projects and status == 0:
             left, trans_left, ld_left = d_hidden_all, Trans, P
             if level != PYLSTM_PORTABLE:

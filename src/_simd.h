@@ -38,6 +38,7 @@ enum { PYLSTM_PORTABLE = 0, PYLSTM_AVX2 = 1, PYLSTM_AVX512 = 2 };
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define PYLSTM_HAVE_SIMD 1
+#include <immintrin.h>
 
 #define VW 16
 #define NR 6
@@ -61,6 +62,7 @@ enum { PYLSTM_PORTABLE = 0, PYLSTM_AVX2 = 1, PYLSTM_AVX512 = 2 };
 
 /* The reproducible GEMM, for both element types at both levels. */
 #define SCALAR float
+#define SCALAR_IS_DOUBLE 0
 #define VW 16
 #define NR 6
 #define SFX f32_avx512
@@ -80,7 +82,9 @@ enum { PYLSTM_PORTABLE = 0, PYLSTM_AVX2 = 1, PYLSTM_AVX512 = 2 };
 #undef SFX
 #undef TARGET
 #undef SCALAR
+#undef SCALAR_IS_DOUBLE
 #define SCALAR double
+#define SCALAR_IS_DOUBLE 1
 #define VW 8
 #define NR 6
 #define SFX f64_avx512
@@ -100,9 +104,73 @@ enum { PYLSTM_PORTABLE = 0, PYLSTM_AVX2 = 1, PYLSTM_AVX512 = 2 };
 #undef SFX
 #undef TARGET
 #undef SCALAR
+#undef SCALAR_IS_DOUBLE
 #else
 #define PYLSTM_HAVE_SIMD 0
 #endif
+
+/* The elementwise parts of BPTT, per element type at each level. */
+#define SCALAR float
+#define SFX f32_portable
+#include "_cell_impl.h"
+#undef SFX
+#if PYLSTM_HAVE_SIMD
+#define SFX f32_avx2
+#define TARGET "avx2,fma"
+#include "_cell_impl.h"
+#undef SFX
+#undef TARGET
+#define SFX f32_avx512
+#define TARGET "avx512f,avx512dq,avx512vl,avx2,fma"
+#include "_cell_impl.h"
+#undef SFX
+#undef TARGET
+#endif
+#undef SCALAR
+#define SCALAR double
+#define SFX f64_portable
+#include "_cell_impl.h"
+#undef SFX
+#if PYLSTM_HAVE_SIMD
+#define SFX f64_avx2
+#define TARGET "avx2,fma"
+#include "_cell_impl.h"
+#undef SFX
+#undef TARGET
+#define SFX f64_avx512
+#define TARGET "avx512f,avx512dq,avx512vl,avx2,fma"
+#include "_cell_impl.h"
+#undef SFX
+#undef TARGET
+#endif
+#undef SCALAR
+
+#if PYLSTM_HAVE_SIMD
+#define PYLSTM_LEVEL_CALL(name, tag, level, ...)                                   \
+    do {                                                                          \
+        if ((level) == PYLSTM_AVX512) name##_##tag##_avx512(__VA_ARGS__);         \
+        else if ((level) == PYLSTM_AVX2) name##_##tag##_avx2(__VA_ARGS__);        \
+        else name##_##tag##_portable(__VA_ARGS__);                                \
+    } while (0)
+#else
+#define PYLSTM_LEVEL_CALL(name, tag, level, ...) name##_##tag##_portable(__VA_ARGS__)
+#endif
+
+#define PYLSTM_CELL_DISPATCH(T, tag)                                                  \
+static void pylstm_cell_backward_##tag(int level, long H, long live, T *gates,       \
+                                       const T *cell_prev, const T *tanh_cell,       \
+                                       const T *d_cell_out, T *d_cell, T *cell_out) { \
+    PYLSTM_LEVEL_CALL(pylstm_cell_backward, tag, level, H, live, gates, cell_prev,   \
+                      tanh_cell, d_cell_out, d_cell, cell_out);                      \
+}                                                                                    \
+static void pylstm_row_sums_##tag(int level, const T *a, long rows, long cols,       \
+                                  T *sums) {                                         \
+    PYLSTM_LEVEL_CALL(pylstm_row_sums, tag, level, a, rows, cols, sums);             \
+}
+PYLSTM_CELL_DISPATCH(float, f32)
+PYLSTM_CELL_DISPATCH(double, f64)
+#undef PYLSTM_CELL_DISPATCH
+#undef PYLSTM_LEVEL_CALL
 
 static int pylstm_cpu_level(void) {
 #if PYLSTM_HAVE_SIMD
