@@ -466,7 +466,8 @@ class LSTM:
         layer_input = x
         for layer in range(self.num_layers):
             width = self._layer_input_size(layer)
-            out = np.zeros((batch, time, D * P), self.dtype)
+            # every step of every sequence is written unless lengths end some early
+            out = (np.empty if packing.lengths is None else np.zeros)((batch, time, D * P), self.dtype)
             if train:
                 packed_x = _empty((n_rows, width), self.dtype)
                 _kernel.gather_inputs(layer_input, packing.perm, packing.batch_sizes, packed_x)
