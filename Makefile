@@ -49,4 +49,5 @@ wheel-smoke:
 # e.g. make sanitize ARGS="tests/test_fuzz.py -q".
 .PHONY: sanitize
 sanitize: $(VENV)/.peers
+	$(PY) -m pip install -q "setuptools>=77" "cython>=3.1"  # it builds in place, without build isolation
 	PYTHON=$(PY) tools/sanitize.sh $(ARGS)

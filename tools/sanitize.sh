@@ -17,6 +17,8 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 python=${PYTHON:-python3}
+# an absolute path: the build and the tests run from the scratch copy
+if [[ "$python" == */* ]]; then python=$(cd "$(dirname "$python")" && pwd)/$(basename "$python"); fi
 work=${SANITIZE_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/pylstm-sanitize.XXXXXX")}
 if [[ -z "${SANITIZE_DIR:-}" && "${KEEP:-0}" != 1 ]]; then
     trap 'rm -rf "$work"' EXIT
