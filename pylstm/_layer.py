@@ -202,14 +202,14 @@ class LSTM:
     def _views_alive(self) -> bool:
         return sys.getrefcount(self._flat) > self._flat_refs
 
-    def _prepared(self, key: Any, build: Any) -> Any:
-        """Kernel-ready weights for ``key``, from the cache when it is valid."""
+    def _prepared(self, key: Any, build: Any, rebuild: bool = False) -> Any:
+        """Kernel-ready weights for ``key``, from the cache when it is valid (and not ``rebuild``)."""
         if self._views_alive():
             return build()
         cache = self._cache
         if self._cache_version != self._version:
             cache = {}
-        value = cache.get(key)
+        value = None if rebuild else cache.get(key)
         if value is None:
             value = build()
             cache = {**cache, key: value}  # replace, not mutate: readers may be in other threads
@@ -631,12 +631,14 @@ class LSTM:
         if self.bidirectional:
             raise ValueError("step() needs a unidirectional LSTM: a bidirectional layer's "
                              "reverse direction needs the whole sequence")
-        level = _kernel.simd_level() if self.dtype == np.float32 else 0
-        plan = self._prepared(("step", level), lambda: self._step_plan(level))
         # A streaming loop's own arrays go straight to the kernel; anything
-        # else is converted and checked here first.
+        # else is converted and checked here first. Every step() is counted
+        # in microseconds, so the fast path does as little as it can here.
+        plan = self._prepared("step", self._step_plan)
         result = plan.step(x_t, state)
         if result is None:
+            if plan.stale:  # PYLSTM_SIMD changed since the plan was built
+                plan = self._prepared("step", self._step_plan, rebuild=True)
             x_t = as_float_array(x_t, "x_t", self.dtype, 2, "(batch, input_size)")
             batch, features = x_t.shape
             if features != self.input_size:
@@ -650,7 +652,9 @@ class LSTM:
                 raise RuntimeError("step(): converted inputs were not accepted by the kernel")
         return result
 
-    def _step_plan(self, level: int) -> "_kernel.StepPlan":
+    def _step_plan(self) -> "_kernel.StepPlan":
+        """Weights for step() at the SIMD level in force now (float32 only; float64 uses BLAS)."""
+        level = _kernel.simd_level() if self.dtype == np.float32 else 0
         layers = [self._kernel_weights(layer, 0, level, fuse_input=True)
                   for layer in range(self.num_layers)]
         return _kernel.StepPlan(layers, self.input_size, self.hidden_size, self.output_size,

@@ -723,13 +723,22 @@ cdef class StepPlan:
     def __dealloc__(self):
         PyMem_Free(self._weights)
 
+    @property
+    def stale(self):
+        """True when PYLSTM_SIMD now asks for another level than the plan was built for."""
+        return self._stale()
+
+    cdef inline bint _stale(self):
+        return self._typenum == cnp.NPY_FLOAT32 and self.level != pylstm_simd_level()
+
     def step(self, x, state):
         """``(y, (h_new, c_new))``: one step from ``state = (h, c)`` with input ``x``.
 
         The streaming fast path: returns None, having done nothing, unless
-        ``x`` (B, I), ``h`` (L, B, P) and ``c`` (L, B, H) are exact ndarrays
-        of the plan's dtype, native byte order, C-contiguous and aligned,
-        which the caller then converts or rejects with a clear error. Checks
+        the plan is not stale and ``x`` (B, I), ``h`` (L, B, P) and ``c``
+        (L, B, H) are exact ndarrays of the plan's dtype, native byte order,
+        C-contiguous and aligned; the caller then rebuilds the plan or converts
+        the inputs or rejects them with a clear error. Checks
         finiteness here, on the buffers it already holds, and raises
         ValueError naming the first input that is not finite (nothing is
         computed then). New arrays are returned; the inputs are not modified.
@@ -737,7 +746,7 @@ cdef class StepPlan:
         if type(state) is not tuple or len(<tuple> state) != 2:
             return None
         h, c = <tuple> state
-        if not _ready(x, self._typenum, 2):
+        if not _ready(x, self._typenum, 2) or self._stale():
             return None
         cdef cnp.npy_intp B = cnp.PyArray_DIMS(x)[0]
         if B < 1 or cnp.PyArray_DIMS(x)[1] != self.input_size or B > self._max_batch:

@@ -99,6 +99,23 @@ def test_simd_levels_agree_on_a_long_sequence(monkeypatch):
         assert np.abs(got - want).max() < 2e-5, name
 
 
+def test_step_follows_a_level_change_between_calls(monkeypatch):
+    """step() caches its weights per model; PYLSTM_SIMD set between calls still takes effect."""
+    rng = np.random.default_rng(1)
+    lstm = pylstm.LSTM(5, 20, num_layers=2, random_state=0)
+    params = {k: v.astype(np.float64) for k, v in lstm.state_dict().items()}
+    x = rng.standard_normal((3, len(AVAILABLE) * 2, 5)).astype(np.float32)
+    want = reference_forward(params, x.astype(np.float64), hidden_size=20, num_layers=2,
+                             bidirectional=False)[0]
+    state = lstm.initial_state(3)
+    for t in range(x.shape[1]):
+        name = AVAILABLE[t % len(AVAILABLE)]
+        monkeypatch.setenv("PYLSTM_SIMD", name)
+        y, state = lstm.step(x[:, t], state)
+        assert lstm._prepared("step", None).level == LEVELS[name]
+        assert_close(y, want[:, t], 1e-5)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("m, n, k", [(1, 1, 1), (7, 65, 3), (13, 64, 1030), (6, 130, 2049),
                                      (25, 17, 9)])
