@@ -46,6 +46,7 @@ from sklearn.utils.validation import (_check_sample_weight, check_array,
                                       check_consistent_length, check_is_fitted,
                                       column_or_1d)
 
+from . import _kernel
 from ._layer import LSTM
 from ._optimizers import SGD, Adam
 from ._sequences import _as_sequences, bucket_batches, pad_sequences, unpad
@@ -317,7 +318,8 @@ class _BaseLSTM(BaseEstimator):
         """
         lstm = self.lstm_
         D = lstm.num_directions
-        coef, intercept = self.head_coef_, self.head_intercept_
+        coef = np.ascontiguousarray(self.head_coef_, lstm.dtype)
+        intercept = self.head_intercept_
         per_step = self.output == "sequence"
         shape = (X.shape[0], X.shape[1]) if per_step else (X.shape[0],)
         logits = np.empty(shape + (self._n_head_outputs,), lstm.dtype)
@@ -325,7 +327,9 @@ class _BaseLSTM(BaseEstimator):
             rows = slice(start, start + _PREDICT_CHUNK)
             out, (h_n, _) = lstm(X[rows], lengths=None if lengths is None else lengths[rows])
             features = out if per_step else _last_states(h_n, D)
-            np.matmul(features, coef, out=logits[rows])
+            # a sample's prediction must not depend on the others in the call
+            _kernel.matmul_rows(features.reshape(-1, coef.shape[0]), coef,
+                                logits[rows].reshape(-1, coef.shape[1]))
             logits[rows] += intercept
         return logits
 

@@ -466,6 +466,28 @@ def aligned_empty(shape, dtype):
     return raw[offset:offset + n_bytes].view(dtype).reshape(shape)
 
 
+def matmul_rows(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] out):
+    """``out[:] = a @ b`` (m, k) @ (k, n), each row the same bits whatever m is.
+
+    For the estimators' heads, whose predictions must not depend on which
+    other rows share the call: numpy's matmul goes through BLAS, whose
+    blocking (and gemv for one column) changes with the row count. At a SIMD
+    level this is the reproducible GEMM; the portable level uses BLAS, as
+    its LSTM steps do. The caller checks the shapes.
+    """
+    cdef int m = a.shape[0], k = a.shape[1], n = b.shape[1]
+    cdef int level = pylstm_simd_level()
+    cdef floating *packed = NULL
+    if level != PYLSTM_PORTABLE:
+        packed = pack_operand(level, NoTrans, k, n, &b[0, 0], n)
+        if packed == NULL:
+            raise MemoryError()
+    with nogil:
+        matmul(level, NoTrans, NoTrans, m, n, k, &a[0, 0], k, &b[0, 0], n, packed, False,
+               &out[0, 0], n)
+    free(packed)
+
+
 def vector_activation(int level, int which, const float[::1] x, float[::1] out):
     """out = sigmoid(x) (which=0) or tanh(x) (which=1) with the SIMD code of ``level``; for tests."""
     if x.shape[0] != out.shape[0] or x.shape[0] == 0:

@@ -14,7 +14,7 @@ from sklearn.model_selection import GridSearchCV, cross_val_score  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import FunctionTransformer  # noqa: E402
 
-from pylstm import LSTMClassifier, LSTMRegressor  # noqa: E402
+from pylstm import LSTMClassifier, LSTMRegressor, _kernel  # noqa: E402
 from pylstm._optimizers import SGD, Adam  # noqa: E402
 
 quiet = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -115,6 +115,24 @@ def test_fit_is_bit_for_bit_reproducible(rng):
     assert first.loss_curve_ == second.loss_curve_
     other = LSTMClassifier(**{**params, "random_state": 8}).fit(X, y)
     assert not np.array_equal(first.lstm_.flat_parameters, other.lstm_.flat_parameters)
+
+
+@quiet
+@pytest.mark.skipif(_kernel.simd_level() == 0, reason="the portable level's products are BLAS's")
+@pytest.mark.parametrize("output", ["last", "sequence"])
+@pytest.mark.parametrize("hidden_size", [20, 32])
+@pytest.mark.parametrize("n_outputs", [1, 3])
+def test_a_prediction_does_not_depend_on_the_other_rows(rng, output, hidden_size, n_outputs):
+    """A sample's prediction has the same bits alone, in a subset and in the whole set
+    (numpy's matmul for the head did not: BLAS's blocking follows the row count)."""
+    X = rng.normal(size=(67, 9, 3)).astype(np.float32)
+    y = X[:, :, :n_outputs].cumsum(axis=1)
+    y = (y if output == "sequence" else y[:, -1]).squeeze()
+    reg = LSTMRegressor(hidden_size=hidden_size, max_iter=3, output=output,
+                        random_state=0).fit(X, y)
+    full = reg.predict(X)
+    for start, stop in [(0, 1), (5, 6), (3, 20), (20, 67), (1, 67), (0, 33), (33, 67)]:
+        np.testing.assert_array_equal(reg.predict(X[start:stop]), full[start:stop])
 
 
 # ----------------------------------------------------------------------------- stopping and clipping
