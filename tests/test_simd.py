@@ -33,9 +33,9 @@ def _sigmoid64(v):
         return 1.0 / (1.0 + np.exp(-v))
 
 
-@pytest.mark.parametrize("which, exact", [(0, _sigmoid64), (1, np.tanh)])
-def test_vector_activations_are_accurate(which, exact):
-    """Documented bound: relative error below 2e-7 (a few float32 ulp)."""
+@pytest.mark.parametrize("which, exact, bound", [(0, _sigmoid64, 1.5e-7), (1, np.tanh, 2.8e-7)])
+def test_vector_activations_are_accurate(which, exact, bound):
+    """Documented bounds (docs/kernel.md): sigmoid 1.5e-7, tanh 2.8e-7, relative and absolute."""
     x = np.concatenate([np.linspace(-30, 30, 100_003), [0.0, -0.0, 1e-30, -1e-30, 1e-6, 88.5,
                                                       -88.5, 200.0, -200.0, 3e38, -3e38]])
     x = x.astype(np.float32)
@@ -46,8 +46,9 @@ def test_vector_activations_are_accurate(which, exact):
         assert np.all(np.isfinite(got))
         visible = np.abs(want) > 1e-30
         rel = np.abs(got[visible] - want[visible]) / np.abs(want[visible])
-        assert rel.max() < 2e-7, (name, rel.max())
-        assert np.abs(got - want).max() < 1e-7
+        assert rel.max() < bound, (name, rel.max())
+        assert np.abs(got - want).max() < bound, (name, np.abs(got - want).max())
+        assert np.abs(got).max() <= 1.0
 
 
 @pytest.mark.parametrize("hidden, proj, batch, bidirectional, use_lengths", [
