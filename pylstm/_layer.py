@@ -476,9 +476,10 @@ class LSTM:
                 packed_x = packed[:rows * width].reshape(rows, width)
             for direction in range(D):
                 index = layer * D + direction
-                w_ih, w_hh, bias, w_hr, panels = self._prepared(
+                w_ih, w_hh, bias, w_hr, panels, packed_weights = self._prepared(
                     ("sequence", layer, direction, level, fuse_input),
-                    lambda: self._kernel_weights(layer, direction, level, fuse_input))
+                    lambda: self._kernel_weights(layer, direction, level, fuse_input,
+                                                 products=True))
                 hidden = h0[index][packing.perm]
                 cell = c0[index][packing.perm]
                 if train:
@@ -494,8 +495,8 @@ class LSTM:
                     hidden_prev = cell_prev = tanh_cell = None
                 _kernel.direction_forward(
                     layer_input, packing.perm, packing.batch_sizes, packing.offsets,
-                    w_ih, w_hh, bias, w_hr, panels, level, fuse_input, hidden, cell, out,
-                    direction * P, bool(direction), chunk_steps, packed_x, train, gates,
+                    w_ih, w_hh, bias, w_hr, panels, packed_weights, level, fuse_input, hidden,
+                    cell, out, direction * P, bool(direction), chunk_steps, packed_x, train, gates,
                     cell_out, hidden_scratch, hidden_prev, cell_prev, tanh_cell)
                 h_n[index][packing.perm] = hidden
                 c_n[index][packing.perm] = cell
@@ -508,14 +509,27 @@ class LSTM:
             layer_input = out
         return layer_input, (h_n, c_n), cache
 
-    def _kernel_weights(self, layer: int, direction: int, level: int, fuse_input: bool):
-        """(w_ih, w_hh, bias, w_hr, panels) of one layer direction, as the kernel takes them."""
+    def _kernel_weights(self, layer: int, direction: int, level: int, fuse_input: bool,
+                        products: bool = False):
+        """(w_ih, w_hh, bias, w_hr, panels[, packed]) of one layer direction, as the kernel takes them.
+
+        With ``products``, also ``packed``: (w_ih.T, w_hh.T, w_hr.T) packed for the
+        SIMD GEMM, each None where the sequence kernel does not multiply by it.
+        """
         w_ih, w_hh, bias, w_hr = self._direction_weights(layer, direction)
+        simd_step = level and self.dtype == np.float32  # the fused SIMD step is float32 only
         panels = None
-        if level and self.dtype == np.float32:  # the fused SIMD step is float32 only
+        if simd_step:
             panels = _kernel.pack_weights(w_hh, w_ih if fuse_input else None,
                                           self.hidden_size, level)
-        return w_ih, w_hh, bias, w_hr, panels
+        if not products:
+            return w_ih, w_hh, bias, w_hr, panels
+        # the same choices as direction_forward: [F1] unless fused, [F2] unless
+        # the SIMD step does it, [F4] when projecting
+        packed = (None if simd_step and fuse_input else _kernel.pack_transposed(w_ih, level),
+                  None if simd_step else _kernel.pack_transposed(w_hh, level),
+                  None if w_hr is None else _kernel.pack_transposed(w_hr, level))
+        return w_ih, w_hh, bias, w_hr, panels, packed
 
     def _direction_weights(self, layer: int, direction: int):
         suffix = f"l{layer}" + ("_reverse" if direction else "")

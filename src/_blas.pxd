@@ -86,6 +86,19 @@ cdef inline floating *transposed(int level, int rows, int cols, const floating *
     return out
 
 
+cdef inline void pack_operand_into(int level, BlasTranspose trans_b, int k, int n,
+                                   const floating *b, int ldb, floating *packed) noexcept nogil:
+    """Pack op(B) (k, n) for `matmul` at a SIMD level into ``packed``, which
+    holds ``pylstm_packed_b_size(level, floating is double, k, n)`` values."""
+    # element (kk, nn) of op(B) is b[kk * ldb + nn], or b[nn * ldb + kk] if transposed
+    cdef long b_row = ldb if trans_b == NoTrans else 1
+    cdef long b_col = 1 if trans_b == NoTrans else ldb
+    if floating is float:
+        pylstm_pack_b_f32(level, k, n, b, b_row, b_col, packed)
+    else:
+        pylstm_pack_b_f64(level, k, n, b, b_row, b_col, packed)
+
+
 cdef inline floating *pack_operand(int level, BlasTranspose trans_b, int k, int n,
                                    const floating *b, int ldb) noexcept nogil:
     """Pack op(B) (k, n) for `matmul` at a SIMD level.
@@ -97,13 +110,7 @@ cdef inline floating *pack_operand(int level, BlasTranspose trans_b, int k, int 
     cdef floating *packed = <floating *> aligned_malloc(size * sizeof(floating))
     if packed == NULL:
         return NULL
-    # element (kk, nn) of op(B) is b[kk * ldb + nn], or b[nn * ldb + kk] if transposed
-    cdef long b_row = ldb if trans_b == NoTrans else 1
-    cdef long b_col = 1 if trans_b == NoTrans else ldb
-    if floating is float:
-        pylstm_pack_b_f32(level, k, n, b, b_row, b_col, packed)
-    else:
-        pylstm_pack_b_f64(level, k, n, b, b_row, b_col, packed)
+    pack_operand_into(level, trans_b, k, n, b, ldb, packed)
     return packed
 
 

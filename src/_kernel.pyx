@@ -41,7 +41,8 @@ import numpy as np
 
 cnp.import_array()
 
-from _blas cimport CACHE_LINE, BlasTranspose, NoTrans, Trans, gemm, matmul, pack_operand, transposed
+from _blas cimport (CACHE_LINE, BlasTranspose, NoTrans, Trans, gemm, matmul, pack_operand,
+                   pack_operand_into, pylstm_packed_b_size, transposed)
 
 
 cdef extern from "_simd.h" nogil:
@@ -184,7 +185,7 @@ cdef int _direction_forward(
         const floating *x, const Py_ssize_t *perm,
         const Py_ssize_t *batch_sizes, const Py_ssize_t *offsets,
         const floating *w_ih, const floating *w_hh, const floating *bias,
-        const floating *w_hr, const float *panels,
+        const floating *w_hr, const float *panels, const floating **packed_weights,
         floating *hidden, floating *cell,
         floating *out, Py_ssize_t out_width, Py_ssize_t out_col,
         floating *packed_x, bint x_is_packed, floating *gates,
@@ -201,6 +202,9 @@ cdef int _direction_forward(
     does not grow with T.
     With ``fuse_input`` (float32 at a SIMD level) the step computes the input
     term itself from ``panels`` = packed [w_hh | w_ih], and [F1] is skipped.
+    ``packed_weights`` holds w_ih.T, w_hh.T and w_hr.T as ``pack_transposed``
+    packs them for ``level`` (the weight cache keeps them between calls), or
+    NULL for any this call should pack itself.
     Returns 0, or -1 if a packing buffer could not be allocated.
     """
     cdef Py_ssize_t G = 4 * H
@@ -212,22 +216,26 @@ cdef int _direction_forward(
     cdef floating *tanh_rows = NULL
     cdef bint simd_step = floating is float and level != PYLSTM_PORTABLE
     cdef bint input_gemm = not (simd_step and fuse_input)
-    # Right-hand operands packed once per call for the SIMD GEMM (level > 0).
-    cdef floating *w_ih_t = NULL      # w_ih.T (I, 4H)   for [F1]
-    cdef floating *w_hh_t = NULL      # w_hh.T (P, 4H)   for [F2] without the SIMD step
-    cdef floating *w_hr_t = NULL      # w_hr.T (H, P)    for [F4]
+    # Right-hand operands of the SIMD GEMM (level > 0): the cached ones, or
+    # packed here once per call (and freed at the end).
+    cdef floating *own_w_ih_t = NULL
+    cdef floating *own_w_hh_t = NULL
+    cdef floating *own_w_hr_t = NULL
+    cdef const floating *w_ih_t = packed_weights[0]     # w_ih.T (I, 4H)  for [F1]
+    cdef const floating *w_hh_t = packed_weights[1]     # w_hh.T (P, 4H)  for [F2] without the SIMD step
+    cdef const floating *w_hr_t = packed_weights[2]     # w_hr.T (H, P)   for [F4]
     if level != PYLSTM_PORTABLE:
-        if input_gemm:
-            w_ih_t = pack_operand(level, Trans, I, G, w_ih, I)
-        if not simd_step:
-            w_hh_t = pack_operand(level, Trans, P, G, w_hh, P)
-        if projects:
-            w_hr_t = pack_operand(level, Trans, H, P, w_hr, H)
+        if input_gemm and w_ih_t == NULL:
+            w_ih_t = own_w_ih_t = pack_operand(level, Trans, I, G, w_ih, I)
+        if not simd_step and w_hh_t == NULL:
+            w_hh_t = own_w_hh_t = pack_operand(level, Trans, P, G, w_hh, P)
+        if projects and w_hr_t == NULL:
+            w_hr_t = own_w_hr_t = pack_operand(level, Trans, H, P, w_hr, H)
         if (input_gemm and w_ih_t == NULL) or (not simd_step and w_hh_t == NULL) \
                 or (projects and w_hr_t == NULL):
-            free(w_ih_t)
-            free(w_hh_t)
-            free(w_hr_t)
+            free(own_w_ih_t)
+            free(own_w_hh_t)
+            free(own_w_hr_t)
             return -1
     for chunk in range(n_chunks):
         # Chunks (and steps in them) go forward in time, or backward for the
@@ -277,9 +285,9 @@ cdef int _direction_forward(
                 matmul(level, NoTrans, Trans, live, P, H, r, H, w_hr, H, w_hr_t,
                        False, hidden, P)
             _scatter_hidden(hidden, P, live, perm, T, t, out, out_width, out_col)
-    free(w_ih_t)
-    free(w_hh_t)
-    free(w_hr_t)
+    free(own_w_ih_t)
+    free(own_w_hh_t)
+    free(own_w_hr_t)
     return 0
 
 
@@ -449,6 +457,23 @@ def pack_weights(const float[:, ::1] w_hh, const float[:, ::1] w_ih, int hidden_
     return packed
 
 
+def pack_transposed(const floating[:, ::1] w, int level):
+    """``w.T`` packed as the SIMD GEMM's right-hand operand at ``level`` (None at level 0).
+
+    For the weight cache: [F1], [F2] and [F4] multiply by w_ih.T, w_hh.T and
+    w_hr.T, which ``direction_forward`` would otherwise pack on every call.
+    """
+    if level == PYLSTM_PORTABLE:
+        return None
+    cdef int n = w.shape[0], k = w.shape[1]
+    dtype = np.float64 if floating is double else np.float32
+    packed = aligned_empty(pylstm_packed_b_size(level, floating is double, k, n), dtype)
+    cdef floating[::1] view = packed
+    with nogil:
+        pack_operand_into(level, Trans, k, n, &w[0, 0], k, &view[0])
+    return packed
+
+
 def aligned_empty(shape, dtype):
     """``np.empty(shape, dtype)`` whose data starts on a cache line.
 
@@ -505,6 +530,7 @@ def direction_forward(const floating[:, :, ::1] x,
                       const floating[::1] bias,
                       const floating[:, ::1] w_hr,
                       const float[::1] panels,
+                      tuple packed_weights,
                       int level,
                       bint fuse_input,
                       floating[:, ::1] hidden,
@@ -529,7 +555,9 @@ def direction_forward(const floating[:, :, ::1] x,
     workspaces of at least ``chunk_steps * B`` rows, or all N rows (with
     x_is_packed, packed_x already filled) for training. ``panels`` comes from
     ``pack_weights`` at the same ``level``, with w_ih included iff
-    ``fuse_input`` (float32 only; None for the portable path). cell_out (B, H)
+    ``fuse_input`` (float32 only; None for the portable path).
+    ``packed_weights`` is (w_ih.T, w_hh.T, w_hr.T) from ``pack_transposed`` at
+    ``level``, each None where this call should pack it. cell_out (B, H)
     is needed when projecting; hidden_scratch (B, P) for inference;
     hidden_prev (N, P), cell_prev and tanh_cell (N, H) only for training.
     """
@@ -551,11 +579,20 @@ def direction_forward(const floating[:, :, ::1] x,
     cdef floating *cell_out_ptr = _ptr_or_null(cell_out)
     cdef floating *scratch_ptr = _ptr_or_null(hidden_scratch)
     cdef floating *tanh_cell_ptr = _ptr_or_null(tanh_cell)
+    cdef const floating *packed_ptrs[3]
+    cdef const floating[::1] packed
+    cdef int k
+    for k in range(3):
+        packed_ptrs[k] = NULL
+        if packed_weights[k] is not None:
+            packed = packed_weights[k]
+            packed_ptrs[k] = &packed[0]
     cdef int status
     with nogil:
         status = _direction_forward(B, T, I, H, P, reverse, chunk_steps, level, fuse_input,
                            &x[0, 0, 0], &perm[0], &batch_sizes[0], &offsets[0],
                            &w_ih[0, 0], &w_hh[0, 0], &bias[0], w_hr_ptr, panels_ptr,
+                           packed_ptrs,
                            &hidden[0, 0], &cell[0, 0],
                            &out[0, 0, 0], out.shape[2], out_col,
                            &packed_x[0, 0], x_is_packed, &gates[0, 0],

@@ -712,18 +712,18 @@ def test_constructor_rejects_bad_hyperparameters():
         pylstm.LSTM(input_size=3, hidden_size=4, dtype=np.int32)
 
 
-def test_writable_views_keep_inference_in_step_with_the_parameters():
-    """Inference caches kernel-ready weights; writes through views must never be missed."""
-    lstm = pylstm.LSTM(3, 16, random_state=0)
-    x = np.random.default_rng(0).standard_normal((2, 5, 3)).astype(np.float32)
+@pytest.mark.parametrize("dtype, proj_size", [(np.float32, 0), (np.float32, 4), (np.float64, 4)])
+def test_writable_views_keep_inference_in_step_with_the_parameters(dtype, proj_size):
+    """Inference caches kernel-ready weights (SIMD panels, and w_ih.T, w_hh.T, w_hr.T packed
+    for the GEMM); writes through views must never be missed."""
+    lstm = pylstm.LSTM(3, 16, proj_size=proj_size, dtype=dtype, random_state=0)
+    x = np.random.default_rng(0).standard_normal((2, 5, 3)).astype(dtype)
     before, _ = lstm(x)
     view = lstm.parameters()["weight_hh_l0"]
     lstm(x)                      # a call while the view is alive
     view *= 0.5                  # then a write through the held view
     after, _ = lstm(x)
-    fresh = pylstm.LSTM(3, 16)
-    fresh.load_state_dict(lstm.state_dict())
-    np.testing.assert_array_equal(after, fresh(x)[0])
+    np.testing.assert_array_equal(after, _fresh_copy(lstm)(x)[0])
     assert not np.array_equal(before, after)
     del view
     flat = lstm.flat_parameters
@@ -738,6 +738,7 @@ def test_writable_views_keep_inference_in_step_with_the_parameters():
 
 
 def _fresh_copy(lstm):
-    copy = pylstm.LSTM(lstm.input_size, lstm.hidden_size, lstm.num_layers)
+    copy = pylstm.LSTM(lstm.input_size, lstm.hidden_size, lstm.num_layers,
+                       proj_size=lstm.proj_size, dtype=lstm.dtype)
     copy.load_state_dict(lstm.state_dict())
     return copy
