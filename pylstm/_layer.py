@@ -6,6 +6,7 @@ layer and direction; the time loop runs in compiled code without the GIL.
 """
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from numbers import Real
@@ -68,8 +69,7 @@ class _Packing:
     @classmethod
     def build(cls, batch: int, time: int, lengths: np.ndarray | None) -> "_Packing":
         if lengths is None:
-            return cls(np.arange(batch, dtype=np.intp), np.full(time, batch, dtype=np.intp),
-                       np.arange(time + 1, dtype=np.intp) * batch, None)
+            return _full_packing(batch, time)
         perm = np.argsort(-lengths, kind="stable").astype(np.intp)
         # live at step t = number of sequences longer than t
         ended_by = np.cumsum(np.bincount(lengths, minlength=time + 1))[:time]
@@ -81,6 +81,21 @@ class _Packing:
     @property
     def n_rows(self) -> int:
         return int(self.offsets[-1])
+
+    @property
+    def identity(self) -> bool:
+        """Every sequence runs all steps, in its own place (perm is 0..B-1)."""
+        return self.lengths is None
+
+
+@functools.lru_cache(maxsize=32)
+def _full_packing(batch: int, time: int) -> _Packing:
+    """The packing of a batch without lengths, kept for a streaming caller's repeated shape."""
+    arrays = (np.arange(batch, dtype=np.intp), np.full(time, batch, dtype=np.intp),
+              np.arange(time + 1, dtype=np.intp) * batch)
+    for array in arrays:
+        array.flags.writeable = False  # shared between calls and threads
+    return _Packing(*arrays, None)
 
 
 @dataclass
@@ -480,8 +495,10 @@ class LSTM:
                     ("sequence", layer, direction, level, fuse_input),
                     lambda: self._kernel_weights(layer, direction, level, fuse_input,
                                                  products=True))
-                hidden = h0[index][packing.perm]
-                cell = c0[index][packing.perm]
+                if packing.identity:
+                    hidden, cell = h0[index].copy(), c0[index].copy()
+                else:
+                    hidden, cell = h0[index][packing.perm], c0[index][packing.perm]
                 if train:
                     gates = _empty((n_rows, 4 * H), self.dtype)
                     hidden_prev = _empty((n_rows, P), self.dtype)
@@ -498,8 +515,10 @@ class LSTM:
                     w_ih, w_hh, bias, w_hr, panels, packed_weights, level, fuse_input, hidden,
                     cell, out, direction * P, bool(direction), chunk_steps, packed_x, train, gates,
                     cell_out, hidden_scratch, hidden_prev, cell_prev, tanh_cell)
-                h_n[index][packing.perm] = hidden
-                c_n[index][packing.perm] = cell
+                if packing.identity:
+                    h_n[index], c_n[index] = hidden, cell
+                else:
+                    h_n[index][packing.perm], c_n[index][packing.perm] = hidden, cell
             if train and self.dropout and layer < self.num_layers - 1:
                 generator = rng if rng is not None else self._rng
                 keep = 1.0 - self.dropout

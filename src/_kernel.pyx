@@ -478,17 +478,34 @@ def aligned_empty(shape, dtype):
     """``np.empty(shape, dtype)`` whose data starts on a cache line.
 
     For the buffers the SIMD code streams with full-vector loads and stores
-    (packed weights, gates, states): see CACHE_LINE in _blas.pxd.
+    (packed weights, gates, states): see CACHE_LINE in _blas.pxd. NumPy
+    allocates the bytes (so tracemalloc and NumPy's allocator hooks see them);
+    the result is a C-contiguous view of them at the first cache line. Built
+    with the C API: inference calls this a few times per call.
     """
-    dtype = np.dtype(dtype)
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    cdef Py_ssize_t n_bytes = dtype.itemsize
-    for size in shape:
-        n_bytes *= size
-    raw = np.empty(n_bytes + CACHE_LINE, dtype=np.uint8)
-    cdef unsigned char[::1] view = raw
-    cdef size_t offset = (CACHE_LINE - (<size_t> &view[0]) % CACHE_LINE) % CACHE_LINE
-    return raw[offset:offset + n_bytes].view(dtype).reshape(shape)
+    cdef cnp.dtype descr = np.dtype(dtype)
+    if not descr.isnative or descr.type_num > cnp.NPY_CLONGDOUBLE:
+        raise ValueError(f"aligned_empty takes a built-in, native-order dtype, got {descr}")
+    if isinstance(shape, int):
+        shape = (shape,)
+    cdef int ndim = len(shape)
+    if ndim > 3:
+        raise ValueError(f"aligned_empty takes up to 3 dimensions, got {ndim}")
+    cdef cnp.npy_intp dims[3]
+    cdef cnp.npy_intp n_bytes = descr.itemsize
+    cdef int d
+    for d in range(ndim):
+        dims[d] = shape[d]
+        if dims[d] < 0:
+            raise ValueError(f"negative dimensions are not allowed, got {tuple(shape)}")
+        n_bytes *= dims[d]
+    cdef cnp.npy_intp raw_size = n_bytes + CACHE_LINE
+    raw = cnp.PyArray_EMPTY(1, &raw_size, cnp.NPY_UINT8, 0)
+    cdef char *data = <char *> cnp.PyArray_DATA(raw)
+    data += (CACHE_LINE - (<size_t> data) % CACHE_LINE) % CACHE_LINE
+    view = cnp.PyArray_SimpleNewFromData(ndim, dims, descr.type_num, data)
+    cnp.set_array_base(view, raw)
+    return view
 
 
 def matmul_rows(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] out):
