@@ -219,7 +219,7 @@ class LSTM:
 
     def _prepared(self, key: Any, build: Any, rebuild: bool = False) -> Any:
         """Kernel-ready weights for ``key``, from the cache when it is valid (and not ``rebuild``)."""
-        if self._views_alive():
+        if sys.getrefcount(self._flat) > self._flat_refs:  # _views_alive(), inlined: step() is hot
             return build()
         cache = self._cache
         if self._cache_version != self._version:

@@ -31,6 +31,7 @@ Forward steps and backward steps carry matching tags [F1]..[F5] / [B1]..[B5].
 """
 from cython cimport floating
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.sequence cimport PySequence_GetItem
 from libc.string cimport memcpy
 
 from _activations cimport sigmoid, tanh_
@@ -852,7 +853,8 @@ cdef class StepPlan:
         if status:
             name = ("x_t", "state h", "state c")[status - 1]
             raise ValueError(f"{name} must be finite, but contains NaN or infinity")
-        return h_new[self.num_layers - 1], (h_new, c_new)
+        # the top layer's h as a view: the sequence protocol skips NumPy's index parsing
+        return PySequence_GetItem(h_new, self.num_layers - 1), (h_new, c_new)
 
     cdef int _run(self, const floating *x, const floating *h, const floating *c,
                   floating *h_new, floating *c_new, Py_ssize_t B) except -2:
