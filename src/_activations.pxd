@@ -1,4 +1,6 @@
-# The one place for pylstm's activations and LSTM cell equations.
+# pylstm's scalar activations (libm), for float32 on the portable level.
+# The vector ones live beside the loops that inline them: float32's SIMD step
+# in _simd_impl.h, float64's cell update in _cell_impl.h (every level).
 #
 # Gate order is torch's: input gate i, forget gate f, input node (candidate) g,
 # output gate o. Forward: c_t = f*c_{t-1} + i*g, r_t = o*tanh(c_t); the hidden

@@ -67,6 +67,9 @@ cdef extern from "_simd.h" nogil:
     void pylstm_cell_backward_f64(int level, long H, long live, double *gates,
                                   const double *cell_prev, const double *tanh_cell,
                                   const double *d_cell_out, double *d_cell, double *cell_out)
+    void pylstm_cell_forward_f64(int level, long H, long live, double *gates, const double *bias,
+                                 double *cell, double *cell_out, double *tanh_cell)
+    void pylstm_activations_f64(int level, int which, const double *x, double *out, long n)
     void pylstm_row_sums_f32(int level, const float *a, long rows, long cols, float *sums)
     void pylstm_row_sums_f64(int level, const double *a, long rows, long cols, double *sums)
     void pylstm_set_num_threads(int n)
@@ -116,21 +119,32 @@ cdef void _add_output_grad(floating *d_hidden, Py_ssize_t P, Py_ssize_t live,
             dst[p] += src[p]
 
 
-cdef void _cell_forward(Py_ssize_t H, Py_ssize_t live, floating *gates,
-                        const floating *bias, floating *cell,
-                        floating *cell_out, floating *tanh_cell) noexcept nogil:
+cdef inline void _cell_forward(int level, Py_ssize_t H, Py_ssize_t live, floating *gates,
+                               const floating *bias, floating *cell,
+                               floating *cell_out, floating *tanh_cell) noexcept nogil:
     """[F3] Gates (live, 4H) pre-activations -> activations, in place; cell update.
 
     NumPy: i, f, o = sigmoid(z + bias); g = tanh(z + bias); c = f*c + i*g;
     cell_out = o * tanh(c). ``cell``, ``cell_out`` and (training only, else
-    NULL) ``tanh_cell`` = tanh(c) are (live, H).
+    NULL) ``tanh_cell`` = tanh(c) are (live, H). float64 runs the vectorised
+    loop of _cell_impl.h at every level (libm's scalar exp and tanh were 40%
+    of a float64 forward); float32 reaches here only on the portable level.
     """
+    if floating is double:
+        pylstm_cell_forward_f64(level, H, live, gates, bias, cell, cell_out, tanh_cell)
+    else:
+        _cell_forward_libm(H, live, gates, bias, cell, cell_out, tanh_cell)
+
+
+cdef void _cell_forward_libm(Py_ssize_t H, Py_ssize_t live, float *gates, const float *bias,
+                             float *cell, float *cell_out, float *tanh_cell) noexcept nogil:
+    """_cell_forward for float32 on the portable level, with libm's expf and tanhf."""
     cdef Py_ssize_t j, b
-    cdef floating *z
-    cdef floating *c_row
-    cdef floating *r_row
-    cdef floating *t_row = NULL
-    cdef floating i, f, g, o, c, tanh_c
+    cdef float *z
+    cdef float *c_row
+    cdef float *r_row
+    cdef float *t_row = NULL
+    cdef float i, f, g, o, c, tanh_c
     for b in range(live):
         z = gates + b * 4 * H
         c_row = cell + b * H
@@ -280,7 +294,7 @@ cdef int _direction_forward(
                 matmul(level, NoTrans, Trans, live, G, P, h_prev, P, w_hh, P, w_hh_t,
                        True, gates + row * G, G)
                 # [F3] activations and cell update; r = o * tanh(c)
-                _cell_forward(H, live, gates + row * G, bias, cell, r, tanh_rows)
+                _cell_forward(level, H, live, gates + row * G, bias, cell, r, tanh_rows)
             if projects:
                 # [F4] hidden = r @ w_hr.T : (live, H) @ (H, P)
                 matmul(level, NoTrans, Trans, live, P, H, r, H, w_hr, H, w_hr_t,
@@ -531,11 +545,19 @@ def matmul_rows(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, 
     free(packed)
 
 
-def vector_activation(int level, int which, const float[::1] x, float[::1] out):
-    """out = sigmoid(x) (which=0) or tanh(x) (which=1) with the SIMD code of ``level``; for tests."""
+def vector_activation(int level, int which, const floating[::1] x, floating[::1] out):
+    """out = sigmoid(x) (which=0) or tanh(x) (which=1) with the vector code of ``level``; for tests.
+
+    float32: the SIMD step's activations (levels 1, 2); float64: the cell
+    update's (every level).
+    """
     if x.shape[0] != out.shape[0] or x.shape[0] == 0:
         raise ValueError("x and out must be non-empty and of the same length")
-    if pylstm_vector_activation(level, which, &x[0], &out[0], x.shape[0]) != 0:
+    if level > pylstm_cpu_level():
+        raise ValueError(f"SIMD level {level} is not available")
+    if floating is double:
+        pylstm_activations_f64(level, which, &x[0], &out[0], x.shape[0])
+    elif pylstm_vector_activation(level, which, &x[0], &out[0], x.shape[0]) != 0:
         raise ValueError(f"SIMD level {level} is not available")
 
 
@@ -907,7 +929,7 @@ cdef class StepPlan:
                     gemm(NoTrans, Trans, B, G, P, 1, h + layer * B * P, P,
                          <const floating *> weights.w_hh, P, 1, gates, G)
                     # [F3]
-                    _cell_forward(H, B, gates, <const floating *> weights.bias,
+                    _cell_forward(self.level, H, B, gates, <const floating *> weights.bias,
                                   c_new + layer * B * H, r, NULL)
                 if projects:
                     # [F4] h = r @ w_hr.T : (B, H) @ (H, P)

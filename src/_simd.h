@@ -17,6 +17,7 @@
 #endif
 
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 
 /* NumPy's headers (included before this one in _kernel.c) bring <complex.h>,
@@ -109,8 +110,10 @@ enum { PYLSTM_PORTABLE = 0, PYLSTM_AVX2 = 1, PYLSTM_AVX512 = 2 };
 #define PYLSTM_HAVE_SIMD 0
 #endif
 
-/* The elementwise parts of BPTT, per element type at each level. */
+/* The elementwise parts of BPTT (and float64's cell update), per element
+ * type at each level. */
 #define SCALAR float
+#define SCALAR_IS_DOUBLE 0
 #define SFX f32_portable
 #include "_cell_impl.h"
 #undef SFX
@@ -127,7 +130,9 @@ enum { PYLSTM_PORTABLE = 0, PYLSTM_AVX2 = 1, PYLSTM_AVX512 = 2 };
 #undef TARGET
 #endif
 #undef SCALAR
+#undef SCALAR_IS_DOUBLE
 #define SCALAR double
+#define SCALAR_IS_DOUBLE 1
 #define SFX f64_portable
 #include "_cell_impl.h"
 #undef SFX
@@ -144,6 +149,7 @@ enum { PYLSTM_PORTABLE = 0, PYLSTM_AVX2 = 1, PYLSTM_AVX512 = 2 };
 #undef TARGET
 #endif
 #undef SCALAR
+#undef SCALAR_IS_DOUBLE
 
 #if PYLSTM_HAVE_SIMD
 #define PYLSTM_LEVEL_CALL(name, tag, level, ...)                                   \
@@ -170,6 +176,18 @@ static void pylstm_row_sums_##tag(int level, const T *a, long rows, long cols,  
 PYLSTM_CELL_DISPATCH(float, f32)
 PYLSTM_CELL_DISPATCH(double, f64)
 #undef PYLSTM_CELL_DISPATCH
+
+static void pylstm_cell_forward_f64(int level, long H, long live, double *gates,
+                                    const double *bias, double *cell, double *cell_out,
+                                    double *tanh_cell) {
+    PYLSTM_LEVEL_CALL(pylstm_cell_forward, f64, level, H, live, gates, bias, cell, cell_out,
+                      tanh_cell);
+}
+
+static void pylstm_activations_f64(int level, int which, const double *x, double *out,
+                                   long n) {
+    PYLSTM_LEVEL_CALL(pylstm_activations, f64, level, which, x, out, n);
+}
 #undef PYLSTM_LEVEL_CALL
 
 static int pylstm_cpu_level(void) {

@@ -51,6 +51,23 @@ def test_vector_activations_are_accurate(which, exact, bound):
         assert np.abs(got).max() <= 1.0
 
 
+@pytest.mark.parametrize("which, exact", [(0, _sigmoid64), (1, np.tanh)])
+def test_float64_vector_activations_are_accurate(which, exact):
+    """float64's cell update (every level): within 5e-16 of libm, relative and absolute."""
+    x = np.concatenate([np.linspace(-40, 40, 400_001), np.geomspace(1e-300, 20, 20_000),
+                        -np.geomspace(1e-300, 20, 20_000),
+                        [0.0, -0.0, 0.625, -0.625, 708.5, -708.5, 800.0, -800.0, 1e300, -1e300]])
+    want = exact(x)
+    for level in range(_kernel.cpu_level() + 1):
+        got = np.empty_like(x)
+        _kernel.vector_activation(level, which, x, got)
+        assert np.all(np.isfinite(got)) and np.abs(got).max() <= 1.0
+        visible = np.abs(want) > 1e-300
+        rel = np.abs(got[visible] - want[visible]) / np.abs(want[visible])
+        assert rel.max() < 5e-16, (level, rel.max(), x[visible][rel.argmax()])
+        assert np.abs(got - want).max() < 5e-16, level
+
+
 @pytest.mark.parametrize("hidden, proj, batch, bidirectional, use_lengths", [
     (16, 0, 1, False, False),     # one full 16-lane block, one row
     (40, 0, 13, True, True),      # 2.5 blocks (AVX-512) / 5 blocks (AVX2); 2 full tiles + 1 row
