@@ -37,14 +37,15 @@ FN(load_part)(const float *p, int n) { VEC v = {0}; memcpy(&v, p, n * sizeof(flo
 __attribute__((target(TARGET), always_inline)) static inline void
 FN(store_part)(float *p, VEC v, int n) { memcpy(p, &v, n * sizeof(float)); }
 
-/* x limited to [lo, hi] in two instructions (a select takes three each);
- * x is finite here, so min/max's NaN rules do not matter. */
+/* x limited to [lo, hi] in two instructions (a select takes three each).
+ * min/max return their second operand when one is NaN, so x goes second: a
+ * NaN (from an overflowed sum) stays NaN instead of becoming a bound. */
 __attribute__((target(TARGET), always_inline)) static inline VEC
 FN(clamp)(VEC x, float lo, float hi) {
 #if VW == 16
-    return (VEC)_mm512_max_ps(_mm512_min_ps((__m512)x, _mm512_set1_ps(hi)), _mm512_set1_ps(lo));
+    return (VEC)_mm512_max_ps(_mm512_set1_ps(lo), _mm512_min_ps(_mm512_set1_ps(hi), (__m512)x));
 #else
-    return (VEC)_mm256_max_ps(_mm256_min_ps((__m256)x, _mm256_set1_ps(hi)), _mm256_set1_ps(lo));
+    return (VEC)_mm256_max_ps(_mm256_set1_ps(lo), _mm256_min_ps(_mm256_set1_ps(hi), (__m256)x));
 #endif
 }
 

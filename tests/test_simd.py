@@ -49,6 +49,7 @@ def test_vector_activations_are_accurate(which, exact, bound):
         assert rel.max() < bound, (name, rel.max())
         assert np.abs(got - want).max() < bound, (name, np.abs(got - want).max())
         assert np.abs(got).max() <= 1.0
+        _assert_nan_propagates(LEVELS[name], which, np.float32)
 
 
 @pytest.mark.parametrize("which, exact", [(0, _sigmoid64), (1, np.tanh)])
@@ -66,6 +67,15 @@ def test_float64_vector_activations_are_accurate(which, exact):
         rel = np.abs(got[visible] - want[visible]) / np.abs(want[visible])
         assert rel.max() < 5e-16, (level, rel.max(), x[visible][rel.argmax()])
         assert np.abs(got - want).max() < 5e-16, level
+        _assert_nan_propagates(level, which, np.float64)
+
+
+def _assert_nan_propagates(level, which, dtype):
+    """A NaN (an overflowed sum: inf - inf) must come out NaN, not clamped to a number."""
+    x = np.array([np.nan, 1.0, np.inf, -np.inf] * 9, dtype)  # full vectors and a tail
+    got = np.empty_like(x)
+    _kernel.vector_activation(level, which, x, got)
+    assert np.isnan(got[::4]).all() and not np.isnan(got[1::4]).any(), (level, got[:4])
 
 
 @pytest.mark.parametrize("hidden, proj, batch, bidirectional, use_lengths", [
