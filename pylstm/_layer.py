@@ -195,7 +195,7 @@ class LSTM:
 
     # ------------------------------------------------------------------ weight cache
     # Inference reuses weights prepared for the kernel (packed SIMD panels,
-    # summed biases). They are rebuilt whenever the parameters may have
+    # GEMM operands packed once, summed biases, step plans). They are rebuilt whenever the parameters may have
     # changed: after any write through this class, and for as long as any
     # view of the parameters exists outside this object. NumPy gives every
     # view, and every view of a view, the flat vector itself as its base, so
@@ -214,12 +214,9 @@ class LSTM:
         self._params_changed()
         return view
 
-    def _views_alive(self) -> bool:
-        return sys.getrefcount(self._flat) > self._flat_refs
-
     def _prepared(self, key: Any, build: Any, rebuild: bool = False) -> Any:
         """Kernel-ready weights for ``key``, from the cache when it is valid (and not ``rebuild``)."""
-        if sys.getrefcount(self._flat) > self._flat_refs:  # _views_alive(), inlined: step() is hot
+        if sys.getrefcount(self._flat) > self._flat_refs:  # a view is alive: never cache
             return build()
         cache = self._cache
         if self._cache_version != self._version:
