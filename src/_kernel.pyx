@@ -32,6 +32,7 @@ Forward steps and backward steps carry matching tags [F1]..[F5] / [B1]..[B5].
 from cython cimport floating
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.sequence cimport PySequence_GetItem
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from libc.string cimport memcpy
 
 from _activations cimport sigmoid, tanh_
@@ -513,6 +514,8 @@ def aligned_empty(shape, dtype):
         dims[d] = shape[d]
         if dims[d] < 0:
             raise ValueError(f"negative dimensions are not allowed, got {tuple(shape)}")
+        if dims[d] and n_bytes > (PY_SSIZE_T_MAX - CACHE_LINE) // dims[d]:
+            raise MemoryError(f"an array of shape {tuple(shape)} does not fit in memory")
         n_bytes *= dims[d]
     cdef cnp.npy_intp raw_size = n_bytes + CACHE_LINE
     raw = cnp.PyArray_EMPTY(1, &raw_size, cnp.NPY_UINT8, 0)
@@ -530,8 +533,13 @@ def matmul_rows(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, 
     other rows share the call: numpy's matmul goes through BLAS, whose
     blocking (and gemv for one column) changes with the row count. At a SIMD
     level this is the reproducible GEMM; the portable level uses BLAS, as
-    its LSTM steps do. The caller checks the shapes.
+    its LSTM steps do.
     """
+    if b.shape[0] != a.shape[1] or out.shape[0] != a.shape[0] or out.shape[1] != b.shape[1] \
+            or 0 in (a.shape[0], a.shape[1], b.shape[1]) \
+            or max(a.shape[0], a.shape[1], b.shape[1]) > INT_MAX:
+        raise ValueError(f"matmul_rows: cannot multiply {(a.shape[0], a.shape[1])} by "
+                         f"{(b.shape[0], b.shape[1])} into {(out.shape[0], out.shape[1])}")
     cdef int m = a.shape[0], k = a.shape[1], n = b.shape[1]
     cdef int level = pylstm_simd_level()
     cdef floating *packed = NULL

@@ -260,6 +260,31 @@ def test_aligned_empty_starts_on_a_cache_line(shape, dtype):
         assert a.size == 0 or a.ctypes.data % 64 == 0  # an empty array has no data to stream
         assert a.shape == ((shape,) if isinstance(shape, int) else shape) and a.dtype == dtype
         assert a.flags.c_contiguous and a.flags.writeable
+        a.fill(1)
+        assert a.sum() == a.size  # the whole buffer is ours to write
+
+
+def test_aligned_empty_refuses_sizes_that_overflow():
+    with pytest.raises(MemoryError, match="does not fit"):
+        _kernel.aligned_empty((2**40, 2**40), np.float32)
+    with pytest.raises(ValueError, match="negative"):
+        _kernel.aligned_empty((3, -1), np.float32)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_rows_multiplies_and_checks_shapes(dtype):
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((37, 19)).astype(dtype), rng.standard_normal((19, 3)).astype(dtype)
+    out = np.empty((37, 3), dtype)
+    _kernel.matmul_rows(a, b, out)
+    np.testing.assert_allclose(out, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5)
+    for row in (0, 5, 36) if _kernel.simd_level() else ():  # a row alone: the same bits
+        alone = np.empty((1, 3), dtype)
+        _kernel.matmul_rows(a[row:row + 1], b, alone)
+        np.testing.assert_array_equal(alone[0], out[row])
+    for shapes in [((3, 4), (5, 2), (3, 2)), ((3, 4), (4, 2), (2, 2)), ((0, 4), (4, 2), (0, 2))]:
+        with pytest.raises(ValueError, match="cannot multiply"):
+            _kernel.matmul_rows(*(np.ones(shape, dtype) for shape in shapes))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
