@@ -247,10 +247,20 @@ __attribute__((target(TARGET))) static void
 FN(pylstm_step_range)(const FN(pylstm_step_args) *a, int live, int u_begin, int u_end) {
     for (int u = u_begin; u < u_end; ++u) {
         int width = a->H - u * VW < VW ? a->H - u * VW : VW;
-        int row0 = 0;
+        int row0 = 0, full_rows = live - live % NR;
         /* full tiles of NR rows, then one tile of the remaining rows; each
-         * call has a constant row count so the tile unrolls into registers */
-        for (; row0 + NR <= live; row0 += NR) FN(tile)(NR, a, u, width, row0);
+         * call has a constant row count so the tile unrolls into registers. */
+#if NR == 6
+        /* A last tile of one or two rows would re-read the unit block's panel
+         * from L2 for 4-8 FMAs per k (L2-bound), so the last full tile and it
+         * become 4 + 3 or 4 + 4 rows: 32 rows = 6+6+6+6+4+4, not 6+6+6+6+6+2.
+         * Each row's sums run in the same order either way. */
+        if (live % NR != 0 && live % NR <= 2 && full_rows >= NR) full_rows -= NR;
+#endif
+        for (; row0 < full_rows; row0 += NR) FN(tile)(NR, a, u, width, row0);
+#if NR == 6
+        if (live - row0 > NR) { FN(tile)(4, a, u, width, row0); row0 += 4; }
+#endif
         switch (live - row0) {
             case 1: FN(tile)(1, a, u, width, row0); break;
 #if NR > 2
