@@ -112,6 +112,7 @@ class _TrainCache:
     tanh_cell: list[np.ndarray]                    # per layer-direction (N, H)
     dropout_masks: list[np.ndarray]                # per layer below the top (B, T, D*P)
     level: int                                     # SIMD level of the forward pass
+    params: dict[str, np.ndarray]                  # the parameters the forward pass used (a copy)
     used: bool = field(default=False)
 
 
@@ -463,7 +464,10 @@ class LSTM:
         # Small batches keep one big GEMM for the input term: fusing it into the
         # step would stream w_ih from cache at every step for a few rows only.
         fuse_input = level > 0 and self.dtype == np.float32 and batch >= _FUSE_MIN_BATCH
-        cache = (_TrainCache(self, (batch, time), packing, [], [], [], [], [], [], level)
+        # backward differentiates this pass, so it keeps the parameters it used:
+        # an optimizer (or anything) may write to them before backward runs
+        cache = (_TrainCache(self, (batch, time), packing, [], [], [], [], [], [], level,
+                             _views(self._flat.copy(), self._layout))
                  if train else None)
         if train:
             chunk_steps, rows = time, n_rows
@@ -547,9 +551,11 @@ class LSTM:
                   None if w_hr is None else _kernel.pack_transposed(w_hr, level))
         return w_ih, w_hh, bias, w_hr, panels, packed
 
-    def _direction_weights(self, layer: int, direction: int):
+    def _direction_weights(self, layer: int, direction: int,
+                           params: dict[str, np.ndarray] | None = None):
+        """(w_ih, w_hh, b_ih + b_hh, w_hr) of one layer direction, from ``params`` or the layer's."""
         suffix = f"l{layer}" + ("_reverse" if direction else "")
-        params = self._params
+        params = self._params if params is None else params
         if self.bias:
             bias = params[f"bias_ih_{suffix}"] + params[f"bias_hh_{suffix}"]
         else:
@@ -565,7 +571,9 @@ class LSTM:
         Parameters
         ----------
         cache : object
-            The third value returned by :meth:`forward_train`; usable once.
+            The third value returned by :meth:`forward_train`; usable once. It
+            keeps the parameters that pass used, so the gradients are those of
+            that pass even if the parameters changed since.
         grad_output : array-like of shape (batch, time, D * P), optional
             dL/d(out); entries past a sequence's length are ignored. Zeros if omitted.
         grad_state : tuple (dh_n, dc_n), optional
@@ -614,7 +622,7 @@ class LSTM:
             for direction in range(D):
                 index = layer * D + direction
                 suffix = f"l{layer}" + ("_reverse" if direction else "")
-                w_ih, w_hh, _, w_hr = self._direction_weights(layer, direction)
+                w_ih, w_hh, _, w_hr = self._direction_weights(layer, direction, cache.params)
                 d_hidden = dh_n[index][packing.perm]
                 d_cell = dc_n[index][packing.perm]
                 d_bias = np.empty(4 * H, self.dtype)

@@ -701,6 +701,24 @@ def test_backward_rejects_a_used_cache_and_wrong_gradients():
         lstm.backward(cache, np.ones(out.shape))
 
 
+@pytest.mark.parametrize("dtype, proj_size", [(np.float32, 0), (np.float64, 2)])
+def test_backward_differentiates_the_forward_pass_even_after_the_weights_change(dtype, proj_size):
+    """An optimizer may write to the parameters between forward_train and backward (in
+    place, through a view held all along): the gradients must stay those of that pass."""
+    lstm = make_layer(2, True, proj_size, dtype, input_size=FEATURES, hidden_size=4)
+    grad = np.random.default_rng(3).standard_normal(lstm(GOOD_X)[0].shape)
+    flat = lstm.flat_parameters            # a view, alive across the calls
+    before = flat.copy()
+    _, _, cache = lstm.forward_train(GOOD_X)
+    want = lstm.backward(lstm.forward_train(GOOD_X)[2], grad)
+    flat *= 1.5                            # "optimizer step" before backward
+    lstm.load_state_dict({k: v * 0.5 for k, v in lstm.state_dict().items()})
+    got = lstm.backward(cache, grad)
+    np.testing.assert_array_equal(got.flat, want.flat)
+    np.testing.assert_array_equal(got.input, want.input)
+    assert not np.array_equal(lstm.flat_parameters, before)
+
+
 def test_constructor_rejects_bad_hyperparameters():
     with pytest.raises(ValueError, match="proj_size"):
         pylstm.LSTM(input_size=3, hidden_size=4, proj_size=4)
