@@ -33,7 +33,7 @@ import math
 import time
 import warnings
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
@@ -67,17 +67,23 @@ _PREDICT_CHUNK = 1024
 _PROGRESS_SECONDS = 10.0
 
 
+_Estimator = TypeVar("_Estimator", bound="_BaseLSTM")
+
+
 class _BaseLSTM(BaseEstimator):
     """Shared fit loop, input conversion and model of the two estimators."""
 
-    def __init__(self, hidden_size=64, *, output="last", num_layers=1, bidirectional=False,
-                 dropout=0.0, solver="adam", learning_rate_init=1e-3, batch_size="auto",
-                 max_iter=200, alpha=0.0, clip_norm=5.0, early_stopping=False,
-                 validation_fraction=0.1,
-                 n_iter_no_change=10, tol=1e-4, shuffle=True, random_state=None, verbose=0,
-                 warm_start=False, dtype="float32", learning_rate="constant", power_t=0.5,
-                 momentum=0.9, nesterovs_momentum=True, beta_1=0.9, beta_2=0.999,
-                 epsilon=1e-8):
+    def __init__(self, hidden_size: int = 64, *, output: str = "last", num_layers: int = 1,
+                 bidirectional: bool = False, dropout: float = 0.0, solver: str = "adam",
+                 learning_rate_init: float = 1e-3, batch_size: int | str = "auto",
+                 max_iter: int = 200, alpha: float = 0.0, clip_norm: float | None = 5.0,
+                 early_stopping: bool = False, validation_fraction: float = 0.1,
+                 n_iter_no_change: int = 10, tol: float = 1e-4, shuffle: bool = True,
+                 random_state: int | np.random.RandomState | None = None, verbose: int = 0,
+                 warm_start: bool = False, dtype: str | type | np.dtype = "float32",
+                 learning_rate: str = "constant", power_t: float = 0.5, momentum: float = 0.9,
+                 nesterovs_momentum: bool = True, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-8):
         self.hidden_size = hidden_size
         self.output = output
         self.num_layers = num_layers
@@ -593,7 +599,7 @@ class _BaseLSTM(BaseEstimator):
             f"{self.learning_rate_init}) or {clip}; {kept}.")
 
     # ------------------------------------------------------------------ public API
-    def fit(self, X, y, sample_weight=None):
+    def fit(self: _Estimator, X: Any, y: Any, sample_weight: Any = None) -> _Estimator:
         """Fit the model to sequences X and targets y.
 
         Parameters
@@ -768,7 +774,8 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
     def _predictions(self, logits):
         return self.classes_[logits.argmax(axis=-1)]
 
-    def partial_fit(self, X, y, classes=None, sample_weight=None):
+    def partial_fit(self, X: Any, y: Any, classes: Any = None,
+                    sample_weight: Any = None) -> LSTMClassifier:
         """One epoch over (X, y), continuing from the current weights.
 
         Parameters
@@ -785,7 +792,7 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
         """
         return self._fit(X, y, sample_weight, incremental=True, classes=classes)
 
-    def predict_proba(self, X):
+    def predict_proba(self, X: Any) -> np.ndarray | list[np.ndarray]:
         """Class probabilities, shape (n_samples, n_classes), columns in the order of ``classes_``.
 
         With ``output="sequence"``: shape (n_samples, n_timesteps, n_classes), or
@@ -798,12 +805,12 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
         logits /= logits.sum(axis=-1, keepdims=True)
         return self._per_sequence(logits, lengths, as_list)
 
-    def predict_log_proba(self, X):
+    def predict_log_proba(self, X: Any) -> np.ndarray | list[np.ndarray]:
         """Logarithm of :meth:`predict_proba`."""
         proba = self.predict_proba(X)
         return [np.log(item) for item in proba] if isinstance(proba, list) else np.log(proba)
 
-    def predict(self, X):
+    def predict(self, X: Any) -> np.ndarray | list[np.ndarray]:
         """Most probable class of each sequence, shape (n_samples,).
 
         With ``output="sequence"``: of each step, shape (n_samples, n_timesteps),
@@ -812,7 +819,7 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
         logits, lengths, as_list = self._predict_checked(X)
         return self._per_sequence(self._predictions(logits), lengths, as_list)
 
-    def score(self, X, y, sample_weight=None):
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
         """Mean accuracy; over every valid step with ``output="sequence"``."""
         if self.output == "sequence":
             return self._sequence_score(accuracy_score, X, y, sample_weight)
@@ -887,7 +894,7 @@ class LSTMRegressor(RegressorMixin, _BaseLSTM):
         predictions = logits.astype(np.float64)
         return predictions[..., 0] if self.n_outputs_ == 1 else predictions
 
-    def partial_fit(self, X, y, sample_weight=None):
+    def partial_fit(self, X: Any, y: Any, sample_weight: Any = None) -> LSTMRegressor:
         """One epoch over (X, y), continuing from the current weights.
 
         Parameters
@@ -902,7 +909,7 @@ class LSTMRegressor(RegressorMixin, _BaseLSTM):
         """
         return self._fit(X, y, sample_weight, incremental=True)
 
-    def predict(self, X):
+    def predict(self, X: Any) -> np.ndarray | list[np.ndarray]:
         """Predicted targets, shape (n_samples,) or (n_samples, n_outputs).
 
         With ``output="sequence"``: one per step, shape (n_samples, n_timesteps)
@@ -912,7 +919,7 @@ class LSTMRegressor(RegressorMixin, _BaseLSTM):
         logits, lengths, as_list = self._predict_checked(X)
         return self._per_sequence(self._predictions(logits), lengths, as_list)
 
-    def score(self, X, y, sample_weight=None):
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
         """R² (scikit-learn's ``r2_score``); over every valid step with ``output="sequence"``."""
         if self.output == "sequence":
             return self._sequence_score(r2_score, X, y, sample_weight)

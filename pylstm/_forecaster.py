@@ -77,10 +77,12 @@ class LSTMForecaster(BaseEstimator):
     last_X_window_ : ndarray of shape (lookback, n_exog) or None
     """
 
-    def __init__(self, lookback, horizon=1, *, strategy="direct", relative=True, hidden_size=32,
-                 num_layers=1, max_iter=200, learning_rate_init=1e-2, batch_size="auto",
-                 alpha=0.0, early_stopping=False, random_state=None, verbose=0,
-                 dtype="float32"):
+    def __init__(self, lookback: int, horizon: int = 1, *, strategy: str = "direct",
+                 relative: bool = True, hidden_size: int = 32, num_layers: int = 1,
+                 max_iter: int = 200, learning_rate_init: float = 1e-2,
+                 batch_size: int | str = "auto", alpha: float = 0.0, early_stopping: bool = False,
+                 random_state: int | np.random.RandomState | None = None, verbose: int = 0,
+                 dtype: str | type | np.dtype = "float32"):
         self.lookback = lookback
         self.horizon = horizon
         self.strategy = strategy
@@ -154,7 +156,7 @@ class LSTMForecaster(BaseEstimator):
         return (X - self.X_mean_) / self.X_scale_
 
     # ------------------------------------------------------------------ public API
-    def fit(self, y, X=None):
+    def fit(self, y: Any, X: Any = None) -> LSTMForecaster:
         """Fit on a series ``y`` (T,) or several aligned series (T, n_series).
 
         Parameters
@@ -211,7 +213,7 @@ class LSTMForecaster(BaseEstimator):
         self.last_window_ = y[-L:].copy()
         return self
 
-    def predict(self, horizon=None, X=None, y=None):
+    def predict(self, horizon: int | None = None, X: Any = None, y: Any = None) -> np.ndarray:
         """Forecast the next ``horizon`` steps after the training series, or after ``y``.
 
         Parameters
