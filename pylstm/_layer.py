@@ -672,7 +672,10 @@ class LSTM:
         # A streaming loop's own arrays go straight to the kernel; anything
         # else is converted and checked here first. Every step() is counted
         # in microseconds, so the fast path does as little as it can here.
-        plan = self._prepared("step", self._step_plan)
+        plan = (self._cache.get("step") if self._cache_version == self._version
+                and sys.getrefcount(self._flat) <= self._flat_refs else None)  # _prepared's hit, inlined
+        if plan is None:
+            plan = self._prepared("step", self._step_plan)
         result = plan.step(x_t, state)
         if result is None:
             if plan.stale:  # PYLSTM_SIMD changed since the plan was built
