@@ -69,7 +69,9 @@ def to_onnx(model: Any, path: str | os.PathLike | None = None, *,
     onnx.ModelProto
         Inputs ``input`` (batch, time, features) float32 [and ``lengths``];
         outputs ``output``, ``h_n``, ``c_n`` for a layer, ``label`` and
-        ``probabilities`` for a classifier, ``predictions`` for a regressor.
+        ``probabilities`` for a classifier, ``predictions`` for a regressor:
+        per sequence, or with ``output="sequence"`` per step (shapes (batch,
+        time, ...), as the estimator's predict on a padded array).
 
     Notes
     -----
@@ -84,7 +86,7 @@ def to_onnx(model: Any, path: str | os.PathLike | None = None, *,
     TypeError
         For another kind of object.
     NotImplementedError
-        For an estimator with ``output="sequence"`` or an ``LSTMForecaster``.
+        For an ``LSTMForecaster`` (export its ``regressor_``).
     """
     try:
         import onnx
@@ -97,11 +99,6 @@ def to_onnx(model: Any, path: str | os.PathLike | None = None, *,
             "to_onnx does not export an LSTMForecaster: its scaling, windowing and recursive "
             "loop live in Python; export its network, model.regressor_, which takes the "
             "scaled windows")
-    if kind is not None and getattr(model, "output", "last") != "last":
-        raise NotImplementedError(
-            f"to_onnx exports estimators with output='last' only, got output="
-            f"{model.output!r}; export model.lstm_ for the per-step outputs and apply "
-            f"head_coef_ and head_intercept_ to each step")
     if type(model) is not LSTM and kind is None:
         raise TypeError(f"to_onnx expects a pylstm.LSTM, LSTMClassifier or LSTMRegressor, "
                         f"got {type(model).__module__}.{type(model).__qualname__}")
@@ -275,33 +272,44 @@ def _step_body(graph: "_Graph", params: dict[str, np.ndarray], suffix: str, H: i
 
 
 def _estimator_nodes(graph: "_Graph", estimator: Any, kind: str, lengths: str | None) -> None:
-    """LSTM, then the head on the top layer's final states, then softmax or nothing."""
+    """LSTM, then the head, then softmax or nothing.
+
+    output="last": the head reads the top layer's final states, outputs are
+    per sequence. output="sequence": it reads every step's output (past a
+    sequence's end that output is zero, so the head gives its intercept, as in
+    pylstm), outputs are per step, with a "time" axis after "batch".
+    """
     lstm = estimator.lstm_
-    _, h_layers, _ = _lstm_nodes(graph, lstm, "input", lengths, need_sequence=False)
-    # top layer's final states (D, B, P) -> (B, D, P) -> (B, D*P), directions side by side
-    features = graph.node("Transpose", [h_layers[-1]], perm=[1, 0, 2])
-    features = graph.node("Reshape", [features, graph.constant(np.array([0, -1], np.int64))])
+    per_step = estimator.output == "sequence"
+    sequence, h_layers, _ = _lstm_nodes(graph, lstm, "input", lengths, need_sequence=per_step)
+    if per_step:
+        features = sequence                                                # (B, T, D*P)
+    else:
+        # top layer's final states (D, B, P) -> (B, D, P) -> (B, D*P), directions side by side
+        features = graph.node("Transpose", [h_layers[-1]], perm=[1, 0, 2])
+        features = graph.node("Reshape", [features, graph.constant(np.array([0, -1], np.int64))])
     coef = graph.constant(np.asarray(estimator.head_coef_, np.float32), "head_coef")
     intercept = graph.constant(np.asarray(estimator.head_intercept_, np.float32),
                                "head_intercept")
     logits = graph.node("Add", [graph.node("MatMul", [features, coef]), intercept])
     n_outputs = estimator.head_intercept_.shape[0]
+    axes = ["batch", "time"] if per_step else ["batch"]
+    last = len(axes)                                                       # the output axis
     if kind == "LSTMClassifier":
         classes = np.asarray(estimator.classes_)
         if classes.dtype.kind in "OU":
             classes = np.array([str(label) for label in classes], dtype=object)
-        index = graph.node("ArgMax", [logits], axis=1, keepdims=0)
+        index = graph.node("ArgMax", [logits], axis=last, keepdims=0)
         label = graph.node("Gather", [graph.constant(classes, "classes"), index], axis=0)
-        graph.add_output(label, "label", classes.dtype, ["batch"])
-        graph.add_output(graph.node("Softmax", [logits], axis=1), "probabilities", np.float32,
-                         ["batch", n_outputs])
+        graph.add_output(label, "label", classes.dtype, axes)
+        graph.add_output(graph.node("Softmax", [logits], axis=last), "probabilities", np.float32,
+                         axes + [n_outputs])
     else:
         if estimator.n_outputs_ == 1:
-            predictions = graph.node("Squeeze", [logits, graph.constant(np.array([1]))])
-            graph.add_output(predictions, "predictions", np.float32, ["batch"])
+            predictions = graph.node("Squeeze", [logits, graph.constant(np.array([last]))])
+            graph.add_output(predictions, "predictions", np.float32, axes)
         else:
-            graph.add_output(logits, "predictions", np.float32,
-                             ["batch", n_outputs])
+            graph.add_output(logits, "predictions", np.float32, axes + [n_outputs])
 
 
 # ============================================================================ builder

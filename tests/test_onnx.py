@@ -116,9 +116,10 @@ def test_import_pylstm_does_not_import_onnx(tmp_path):
 
 
 # ----------------------------------------------------------------------------- estimators
-def fit(estimator_class, rng, y, ndim=3, **params):
+def fit(estimator_class, rng, y, ndim=3, X=None, **params):
     pytest.importorskip("sklearn")
-    X = rng.normal(size=(30, 6, 3) if ndim == 3 else (30, 6)).astype(np.float32)
+    if X is None:
+        X = rng.normal(size=(30, 6, 3) if ndim == 3 else (30, 6)).astype(np.float32)
     with warnings.catch_warnings():  # ConvergenceWarning: a few epochs only
         warnings.simplefilter("ignore")
         model = getattr(pylstm, estimator_class)(hidden_size=5, max_iter=3, random_state=0,
@@ -161,6 +162,52 @@ def test_classifier_with_lengths_reads_each_sequence_up_to_its_end(rng):
     expected = np.concatenate([model.predict_proba(X[i:i + 1, :lengths[i]])
                                for i in range(len(X))])
     assert_close(probabilities, expected)
+
+
+@pytest.mark.parametrize("estimator, n_outputs", [("LSTMClassifier", 3), ("LSTMClassifier", 2),
+                                                  ("LSTMRegressor", 1), ("LSTMRegressor", 2)])
+def test_per_step_estimators_match(rng, estimator, n_outputs):
+    """output="sequence": one prediction per step, (batch, time, ...), as predict gives."""
+    X = rng.normal(size=(30, 6, 3)).astype(np.float32)
+    if estimator == "LSTMClassifier":
+        y = (np.digitize(X[:, :, 0], [-0.5, 0.5]) % n_outputs)
+    else:
+        y = X[:, :, :n_outputs].cumsum(axis=1).squeeze()
+    model, _ = fit(estimator, rng, y, X=X, output="sequence", bidirectional=True, num_layers=2)
+    exported = to_onnx(model)
+    axes = ["batch", "time"]
+    outputs = run(exported, input=X)
+    if estimator == "LSTMClassifier":
+        assert [(v.name, dims(v)) for v in exported.graph.output] == [
+            ("label", axes), ("probabilities", axes + [n_outputs])]
+        label, probabilities = outputs
+        assert_close(probabilities, model.predict_proba(X))
+        assert label.tolist() == model.predict(X).tolist()
+    else:
+        predictions, = outputs
+        assert predictions.shape == model.predict(X).shape == y.shape
+        assert_close(predictions, model.predict(X))
+    # lengths: every valid step is the prediction for that sequence alone
+    lengths = rng.integers(1, 7, size=len(X))
+    last = run(to_onnx(model, with_lengths=True), input=X, lengths=lengths)[-1]
+    for i in range(len(X)):
+        alone = (model.predict_proba if estimator == "LSTMClassifier" else model.predict)(
+            X[i:i + 1, :lengths[i]])
+        assert_close(last[i, :lengths[i]], alone[0])
+
+
+def test_forecaster_is_refused_with_a_pointer_to_its_network(rng):
+    pytest.importorskip("sklearn")
+    series = np.sin(np.arange(60) / 3.0)
+    forecaster = pylstm.LSTMForecaster(lookback=8, horizon=2, max_iter=2, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        forecaster.fit(series)
+    with pytest.raises(NotImplementedError, match="regressor_"):
+        to_onnx(forecaster)
+    predictions, = run(to_onnx(forecaster.regressor_),
+                       input=rng.normal(size=(4, 8, 1)).astype(np.float32))
+    assert predictions.shape[0] == 4
 
 
 def test_unfitted_estimator_raises_not_fitted():

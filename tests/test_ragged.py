@@ -295,10 +295,19 @@ def test_save_load_and_pickle_keep_ragged_and_sequence_predictions(rng, tmp_path
             np.testing.assert_array_equal(a, b)
 
 
-def test_to_onnx_refuses_sequence_outputs():
+def test_to_onnx_tags_ragged_sequences_as_predict_does():
     pytest.importorskip("onnx")
-    clf = LSTMClassifier(output="sequence", **SMALL).fit(np.ones((4, 3, 1)) * [[[1]], [[-1]],
-                                                                               [[1]], [[-1]]],
-                                                          [[0, 1, 1], [1, 0, 0]] * 2)
-    with pytest.raises(NotImplementedError, match="output='last' only"):
-        pylstm.to_onnx(clf)
+    ort = pytest.importorskip("onnxruntime")
+    rng = np.random.default_rng(0)
+    sequences = [rng.normal(size=(n, 1)).astype(np.float32) for n in (3, 5, 2, 4)]
+    labels = [(s[:, 0] > 0).astype(int) for s in sequences]
+    clf = LSTMClassifier(output="sequence", **SMALL).fit(sequences, labels)
+    padded, lengths = pylstm.pad_sequences(sequences)
+    assert lengths.tolist() == [3, 5, 2, 4]
+    session = ort.InferenceSession(pylstm.to_onnx(clf, with_lengths=True).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    label, probabilities = session.run(None, {"input": padded, "lengths": lengths})
+    for i, (want_label, want_proba) in enumerate(zip(clf.predict(sequences),
+                                                    clf.predict_proba(sequences))):
+        assert label[i, :lengths[i]].tolist() == want_label.tolist()
+        np.testing.assert_allclose(probabilities[i, :lengths[i]], want_proba, rtol=1e-5, atol=1e-6)
