@@ -125,9 +125,11 @@ GFN(pylstm_transpose)(long rows, long cols, const SCALAR *src, long ld_src, SCAL
 }
 #undef TB
 
-/* One tile: rows [m0, m0 + nr) x columns of block blk, k in [k0, k1). */
+/* One tile: rows [m0, m0 + nr) x the first nv vectors of columns of block
+ * blk, k in [k0, k1). nv < 4 only for a last block of narrow N (a product
+ * with 8 columns would otherwise do 8 times the multiply-adds it needs). */
 __attribute__((target(TARGET), always_inline)) static inline void
-GFN(gtile)(const int nr, int m0, int blk, int k0, int k1, int K, int N,
+GFN(gtile)(const int nr, const int nv, int m0, int blk, int k0, int k1, int K, int N,
            const SCALAR *a, long a_row, long a_col, const SCALAR *packed,
            SCALAR *c, long ldc, int add_c) {
     const int width = 4 * VW;
@@ -135,24 +137,36 @@ GFN(gtile)(const int nr, int m0, int blk, int k0, int k1, int K, int N,
     GVEC acc[4][NR];
     for (int r = 0; r < nr; ++r)
         for (int v = 0; v < 4; ++v) acc[v][r] = (GVEC){0};
-    for (int k = k0; k < k1; ++k) {
-        const SCALAR *w = panel + (long)k * width;
-        GVEC b0 = GFN(gload)(w), b1 = GFN(gload)(w + VW);
-        GVEC b2 = GFN(gload)(w + 2 * VW), b3 = GFN(gload)(w + 3 * VW);
-        PYLSTM_IN_REGISTERS(b0, b1, b2, b3);
-        for (int r = 0; r < nr; ++r) {
-            SCALAR x = a[(long)(m0 + r) * a_row + (long)k * a_col];
-            acc[0][r] += b0 * x;
-            acc[1][r] += b1 * x;
-            acc[2][r] += b2 * x;
-            acc[3][r] += b3 * x;
+    if (nv == 4) {
+        for (int k = k0; k < k1; ++k) {
+            const SCALAR *w = panel + (long)k * width;
+            GVEC b0 = GFN(gload)(w), b1 = GFN(gload)(w + VW);
+            GVEC b2 = GFN(gload)(w + 2 * VW), b3 = GFN(gload)(w + 3 * VW);
+            PYLSTM_IN_REGISTERS(b0, b1, b2, b3);
+            for (int r = 0; r < nr; ++r) {
+                SCALAR x = a[(long)(m0 + r) * a_row + (long)k * a_col];
+                acc[0][r] += b0 * x;
+                acc[1][r] += b1 * x;
+                acc[2][r] += b2 * x;
+                acc[3][r] += b3 * x;
+            }
+        }
+    } else {  /* the same sums, over the first nv vectors only */
+        for (int k = k0; k < k1; ++k) {
+            const SCALAR *w = panel + (long)k * width;
+            GVEC b[4];
+            for (int v = 0; v < nv; ++v) b[v] = GFN(gload)(w + v * VW);
+            for (int r = 0; r < nr; ++r) {
+                SCALAR x = a[(long)(m0 + r) * a_row + (long)k * a_col];
+                for (int v = 0; v < nv; ++v) acc[v][r] += b[v] * x;
+            }
         }
     }
     const int n0 = blk * width;
     const int valid = N - n0 < width ? N - n0 : width;
     for (int r = 0; r < nr; ++r) {
         SCALAR *row = c + (long)(m0 + r) * ldc + n0;
-        for (int v = 0; v < 4; ++v) {
+        for (int v = 0; v < nv; ++v) {
             int lanes = valid - v * VW;
             lanes = lanes < 0 ? 0 : lanes > VW ? VW : lanes;
             if (lanes == VW) {
@@ -163,6 +177,34 @@ GFN(gtile)(const int nr, int m0, int blk, int k0, int k1, int K, int N,
                 GFN(gstore_part)(row + v * VW, out, lanes);
             }
         }
+    }
+}
+
+/* Rows [m_begin, m_end) of one column block and K block: full tiles of NR
+ * rows, then one tile of the rest (a constant row count per call, so each
+ * tile unrolls into registers). */
+__attribute__((target(TARGET), always_inline)) static inline void
+GFN(gemm_rows)(const int nv, int m_begin, int m_end, int blk, int k0, int k1, int K, int N,
+               const SCALAR *a, long a_row, long a_col, const SCALAR *packed_b,
+               SCALAR *c, long ldc, int add_c) {
+    int m0 = m_begin;
+    for (; m0 + NR <= m_end; m0 += NR)
+        GFN(gtile)(NR, nv, m0, blk, k0, k1, K, N, a, a_row, a_col, packed_b, c, ldc, add_c);
+    switch (m_end - m0) {
+        case 1: GFN(gtile)(1, nv, m0, blk, k0, k1, K, N, a, a_row, a_col, packed_b, c, ldc, add_c); break;
+#if NR > 2
+        case 2: GFN(gtile)(2, nv, m0, blk, k0, k1, K, N, a, a_row, a_col, packed_b, c, ldc, add_c); break;
+#endif
+#if NR > 3
+        case 3: GFN(gtile)(3, nv, m0, blk, k0, k1, K, N, a, a_row, a_col, packed_b, c, ldc, add_c); break;
+#endif
+#if NR > 4
+        case 4: GFN(gtile)(4, nv, m0, blk, k0, k1, K, N, a, a_row, a_col, packed_b, c, ldc, add_c); break;
+#endif
+#if NR > 5
+        case 5: GFN(gtile)(5, nv, m0, blk, k0, k1, K, N, a, a_row, a_col, packed_b, c, ldc, add_c); break;
+#endif
+        default: break;
     }
 }
 
@@ -181,30 +223,23 @@ GFN(pylstm_gemm_range)(int m_begin, int m_end, int blk_begin, int blk_end, int N
                     c[(long)m * ldc + n] = 0;
         return;
     }
-    for (int blk = blk_begin; blk < blk_end; ++blk)
+    for (int blk = blk_begin; blk < blk_end; ++blk) {
+        /* vectors of this block holding columns < N: 4 except for a narrow last block */
+        int nv = (N - blk * width + VW - 1) / VW;
+        nv = nv >= 3 ? 4 : nv;
         for (int k0 = 0; k0 < K; k0 += KC) {
             int k1 = k0 + KC < K ? k0 + KC : K;
             int add_c = accumulate || k0 > 0;
-            int m0 = m_begin;
-            for (; m0 + NR <= m_end; m0 += NR)
-                GFN(gtile)(NR, m0, blk, k0, k1, K, N, a, a_row, a_col, packed_b, c, ldc, add_c);
-            switch (m_end - m0) {
-                case 1: GFN(gtile)(1, m0, blk, k0, k1, K, N, a, a_row, a_col, packed_b, c, ldc, add_c); break;
-#if NR > 2
-                case 2: GFN(gtile)(2, m0, blk, k0, k1, K, N, a, a_row, a_col, packed_b, c, ldc, add_c); break;
-#endif
-#if NR > 3
-                case 3: GFN(gtile)(3, m0, blk, k0, k1, K, N, a, a_row, a_col, packed_b, c, ldc, add_c); break;
-#endif
-#if NR > 4
-                case 4: GFN(gtile)(4, m0, blk, k0, k1, K, N, a, a_row, a_col, packed_b, c, ldc, add_c); break;
-#endif
-#if NR > 5
-                case 5: GFN(gtile)(5, m0, blk, k0, k1, K, N, a, a_row, a_col, packed_b, c, ldc, add_c); break;
-#endif
-                default: break;
+            switch (nv) {
+                case 1: GFN(gemm_rows)(1, m_begin, m_end, blk, k0, k1, K, N, a, a_row, a_col,
+                                       packed_b, c, ldc, add_c); break;
+                case 2: GFN(gemm_rows)(2, m_begin, m_end, blk, k0, k1, K, N, a, a_row, a_col,
+                                       packed_b, c, ldc, add_c); break;
+                default: GFN(gemm_rows)(4, m_begin, m_end, blk, k0, k1, K, N, a, a_row, a_col,
+                                        packed_b, c, ldc, add_c); break;
             }
         }
+    }
 }
 
 typedef struct {

@@ -146,7 +146,7 @@ def test_step_follows_a_level_change_between_calls(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("m, n, k", [(1, 1, 1), (7, 65, 3), (13, 64, 1030), (6, 130, 2049),
-                                     (25, 17, 9)])
+                                     (25, 17, 9), (9, 8, 300), (13, 40, 70), (8, 24, 1100)])
 def test_reproducible_gemm_matches_numpy(dtype, m, n, k):
     """The SIMD GEMM behind every product at SIMD levels, all transpose cases, with
     tails in every dimension and K spanning several K blocks."""
@@ -262,6 +262,23 @@ def test_aligned_empty_starts_on_a_cache_line(shape, dtype):
         assert a.flags.c_contiguous and a.flags.writeable
         a.fill(1)
         assert a.sum() == a.size  # the whole buffer is ours to write
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_narrow_products_give_the_bits_of_wide_ones(dtype):
+    """A product with few columns runs a narrower tile; each element is still the
+    same sum in the same order (the weight gradients of a few-feature input)."""
+    from pylstm._blas import matmul_py
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((23, 1500)).astype(dtype)
+    b = rng.standard_normal((1500, 64)).astype(dtype)
+    for level in (LEVELS[name] for name in AVAILABLE[1:]):
+        wide = np.empty((23, 64), dtype)
+        matmul_py(level, False, False, a, b, False, wide)
+        for n in (1, 5, 8, 16, 24, 40):
+            narrow = np.empty((23, n), dtype)
+            matmul_py(level, False, False, a, np.ascontiguousarray(b[:, :n]), False, narrow)
+            np.testing.assert_array_equal(narrow, wide[:, :n])
 
 
 def test_aligned_empty_refuses_sizes_that_overflow():
