@@ -92,10 +92,11 @@ EFN(pylstm_exp)(double x) {
     p = p * r + 0.5;
     p = p * r + 1.0;
     p = p * r + 1.0;
-    int64_t bits, shifter_bits;
+    /* unsigned: a NaN input gives any bits, and wraps instead of overflowing */
+    uint64_t bits, shifter_bits;
     memcpy(&bits, &shifted, sizeof bits);
     memcpy(&shifter_bits, &shifter, sizeof shifter_bits);
-    int64_t scale_bits = (bits - shifter_bits + 1023) << 52;  /* 2^n, n in [-1021, 1023] */
+    uint64_t scale_bits = (bits - shifter_bits + 1023) << 52;  /* 2^n, n in [-1021, 1023] */
     double scale;
     memcpy(&scale, &scale_bits, sizeof scale);
     return p * scale;

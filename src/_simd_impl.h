@@ -20,9 +20,11 @@
 #define FN(name) CAT(name, SFX)
 #define VEC FN(pylstm_vec)
 #define IVEC FN(pylstm_ivec)
+#define UVEC FN(pylstm_uvec)
 
 typedef float VEC __attribute__((vector_size(VW * 4)));
 typedef int IVEC __attribute__((vector_size(VW * 4)));
+typedef unsigned UVEC __attribute__((vector_size(VW * 4)));
 
 __attribute__((target(TARGET), always_inline)) static inline VEC
 FN(load)(const float *p) { VEC v; memcpy(&v, p, sizeof v); return v; }
@@ -76,7 +78,9 @@ FN(vexp)(VEC x) {
 #if VW == 16
     return (VEC)_mm512_scalef_ps((__m512)p, (__m512)n);
 #else
-    IVEC bits = (__builtin_convertvector(n, IVEC) + 127) << 23;
+    /* shifted as unsigned: a NaN lane converts to INT_MIN, and a negative
+     * left shift is undefined */
+    UVEC bits = (UVEC)(__builtin_convertvector(n, IVEC) + 127) << 23;
     return p * (VEC)bits;
 #endif
 }
@@ -302,6 +306,7 @@ FN(pylstm_step)(const FN(pylstm_step_args) *a, int live) {
 
 #undef VEC
 #undef IVEC
+#undef UVEC
 #undef FN
 #undef CAT
 #undef CAT_
