@@ -50,6 +50,10 @@ export LD_PRELOAD="$libasan"
 # which some tests expect, not an ASan abort.
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:print_summary=1:allocator_may_return_null=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+# pytest's default capture swaps file descriptor 2 for a file, and a process
+# the sanitizer aborts never shows it: capture at the sys level only, so a
+# report written to fd 2 reaches the terminal (and the CI log).
+export PYTEST_ADDOPTS="--capture=sys${PYTEST_ADDOPTS:+ $PYTEST_ADDOPTS}"
 export PYTHONMALLOC=malloc
 export PYTHONPATH="$work${PYTHONPATH:+:$PYTHONPATH}"
 # Fail loudly if the tests would import anything but the instrumented build.
