@@ -181,31 +181,33 @@ GFN(gtile)(const int nr, const int nv, int m0, int blk, int k0, int k1, int K, i
 }
 
 /* Rows [m_begin, m_end) of one column block and K block: full tiles of NR
- * rows, then one tile of the rest (a constant row count per call, so each
- * tile unrolls into registers). */
+ * rows, then one tile of the rest. */
 __attribute__((target(TARGET), always_inline)) static inline void
 GFN(gemm_rows)(const int nv, int m_begin, int m_end, int blk, int k0, int k1, int K, int N,
                const SCALAR *a, long a_row, long a_col, const SCALAR *packed_b,
                SCALAR *c, long ldc, int add_c) {
+    /* each call has a constant row count and nv, so the tile unrolls */
+#define GTILE(rows) GFN(gtile)(rows, nv, m0, blk, k0, k1, K, N, a, a_row, a_col, packed_b, c, \
+                               ldc, add_c)
     int m0 = m_begin;
-    for (; m0 + NR <= m_end; m0 += NR)
-        GFN(gtile)(NR, nv, m0, blk, k0, k1, K, N, a, a_row, a_col, packed_b, c, ldc, add_c);
+    for (; m0 + NR <= m_end; m0 += NR) GTILE(NR);
     switch (m_end - m0) {
-        case 1: GFN(gtile)(1, nv, m0, blk, k0, k1, K, N, a, a_row, a_col, packed_b, c, ldc, add_c); break;
+        case 1: GTILE(1); break;
 #if NR > 2
-        case 2: GFN(gtile)(2, nv, m0, blk, k0, k1, K, N, a, a_row, a_col, packed_b, c, ldc, add_c); break;
+        case 2: GTILE(2); break;
 #endif
 #if NR > 3
-        case 3: GFN(gtile)(3, nv, m0, blk, k0, k1, K, N, a, a_row, a_col, packed_b, c, ldc, add_c); break;
+        case 3: GTILE(3); break;
 #endif
 #if NR > 4
-        case 4: GFN(gtile)(4, nv, m0, blk, k0, k1, K, N, a, a_row, a_col, packed_b, c, ldc, add_c); break;
+        case 4: GTILE(4); break;
 #endif
 #if NR > 5
-        case 5: GFN(gtile)(5, nv, m0, blk, k0, k1, K, N, a, a_row, a_col, packed_b, c, ldc, add_c); break;
+        case 5: GTILE(5); break;
 #endif
         default: break;
     }
+#undef GTILE
 }
 
 /* Rows [m_begin, m_end) and column blocks [blk_begin, blk_end) of
