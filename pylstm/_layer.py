@@ -189,15 +189,16 @@ class LSTM:
         # parameters, their gradients and an optimizer's two moments
         check_memory(4 * n_parameters * self.dtype.itemsize,
                      f"an LSTM with {n_parameters:,} parameters")
-        self._flat = np.empty(sum(math.prod(s) for _, s in self._layout), dtype=self.dtype)
+        self._flat = np.empty(n_parameters, dtype=self.dtype)
         self._params = _views(self._flat, self._layout)
         self._init_weight_cache()
         self.reset_parameters()
 
     # ------------------------------------------------------------------ weight cache
     # Inference reuses weights prepared for the kernel (packed SIMD panels,
-    # GEMM operands packed once, summed biases, step plans). They are rebuilt whenever the parameters may have
-    # changed: after any write through this class, and for as long as any
+    # GEMM operands packed once, summed biases, step plans). They are rebuilt
+    # whenever the parameters may have changed: after any write through this
+    # class, and for as long as any
     # view of the parameters exists outside this object. NumPy gives every
     # view, and every view of a view, the flat vector itself as its base, so
     # the flat vector's reference count says whether one is alive.
@@ -215,16 +216,20 @@ class LSTM:
         self._params_changed()
         return view
 
+    def _cached(self, key: Any) -> Any:
+        """The cache's value for ``key`` if it is still valid, else None."""
+        if self._cache_version != self._version or sys.getrefcount(self._flat) > self._flat_refs:
+            return None  # written since, or a view is alive (then nothing is cached)
+        return self._cache.get(key)
+
     def _prepared(self, key: Any, build: Any, rebuild: bool = False) -> Any:
         """Kernel-ready weights for ``key``, from the cache when it is valid (and not ``rebuild``)."""
-        if sys.getrefcount(self._flat) > self._flat_refs:  # a view is alive: never cache
-            return build()
-        cache = self._cache
-        if self._cache_version != self._version:
-            cache = {}
-        value = None if rebuild else cache.get(key)
-        if value is None:
-            value = build()
+        value = None if rebuild else self._cached(key)
+        if value is not None:
+            return value
+        value = build()
+        if sys.getrefcount(self._flat) <= self._flat_refs:  # no view alive: cache it
+            cache = self._cache if self._cache_version == self._version else {}
             cache = {**cache, key: value}  # replace, not mutate: readers may be in other threads
             self._cache, self._cache_version = cache, self._version
         return value
@@ -483,7 +488,7 @@ class LSTM:
         for layer in range(self.num_layers):
             width = self._layer_input_size(layer)
             # every step of every sequence is written unless lengths end some early
-            out = (np.empty if packing.lengths is None else np.zeros)((batch, time, D * P), self.dtype)
+            out = (np.empty if packing.identity else np.zeros)((batch, time, D * P), self.dtype)
             if train:
                 packed_x = _empty((n_rows, width), self.dtype)
                 _kernel.gather_inputs(layer_input, packing.perm, packing.batch_sizes, packed_x)
@@ -672,8 +677,7 @@ class LSTM:
         # A streaming loop's own arrays go straight to the kernel; anything
         # else is converted and checked here first. Every step() is counted
         # in microseconds, so the fast path does as little as it can here.
-        plan = (self._cache.get("step") if self._cache_version == self._version
-                and sys.getrefcount(self._flat) <= self._flat_refs else None)  # _prepared's hit, inlined
+        plan = self._cached("step")
         if plan is None:
             plan = self._prepared("step", self._step_plan)
         result = plan.step(x_t, state)
