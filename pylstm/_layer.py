@@ -542,19 +542,14 @@ class LSTM:
         SIMD GEMM, each None where the sequence kernel does not multiply by it.
         """
         w_ih, w_hh, bias, w_hr = self._direction_weights(layer, direction)
-        simd_step = level and self.dtype == np.float32  # the fused SIMD step is float32 only
         panels = None
-        if simd_step:
+        if level and self.dtype == np.float32:  # the fused SIMD step is float32 only
             panels = _kernel.pack_weights(w_hh, w_ih if fuse_input else None,
                                           self.hidden_size, level)
         if not products:
             return w_ih, w_hh, bias, w_hr, panels
-        # the same choices as direction_forward: [F1] unless fused, [F2] unless
-        # the SIMD step does it, [F4] when projecting
-        packed = (None if simd_step and fuse_input else _kernel.pack_transposed(w_ih, level),
-                  None if simd_step else _kernel.pack_transposed(w_hh, level),
-                  None if w_hr is None else _kernel.pack_transposed(w_hr, level))
-        return w_ih, w_hh, bias, w_hr, panels, packed
+        return (w_ih, w_hh, bias, w_hr, panels,
+                _kernel.pack_products(w_ih, w_hh, w_hr, level, fuse_input))
 
     def _direction_weights(self, layer: int, direction: int,
                            params: dict[str, np.ndarray] | None = None):

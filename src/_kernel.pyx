@@ -195,6 +195,20 @@ cdef inline void _row_sums(int level, const floating *a, Py_ssize_t rows, Py_ssi
 # One layer direction, forward
 # ---------------------------------------------------------------------------
 
+cdef inline bint _sequence_plan(bint is_float, int level, bint fuse_input, bint projects,
+                                bint *gemm) noexcept nogil:
+    """Whether a sequence's steps run the fused SIMD step (float32 at a SIMD
+    level), and in ``gemm`` which of [F1] x @ w_ih.T, [F2] h @ w_hh.T and
+    [F4] r @ w_hr.T go through ``matmul`` (so need w_ih.T, w_hh.T, w_hr.T
+    packed at SIMD levels). The one place for this choice: ``pack_products``
+    (the weight cache) and ``_direction_forward`` both ask here."""
+    cdef bint simd_step = is_float and level != PYLSTM_PORTABLE
+    gemm[0] = not (simd_step and fuse_input)
+    gemm[1] = not simd_step
+    gemm[2] = projects
+    return simd_step
+
+
 cdef int _direction_forward(
         Py_ssize_t B, Py_ssize_t T, Py_ssize_t I, Py_ssize_t H, Py_ssize_t P,
         bint reverse, Py_ssize_t chunk_steps, int level, bint fuse_input,
@@ -218,7 +232,7 @@ cdef int _direction_forward(
     does not grow with T.
     With ``fuse_input`` (float32 at a SIMD level) the step computes the input
     term itself from ``panels`` = packed [w_hh | w_ih], and [F1] is skipped.
-    ``packed_weights`` holds w_ih.T, w_hh.T and w_hr.T as ``pack_transposed``
+    ``packed_weights`` holds w_ih.T, w_hh.T and w_hr.T as ``pack_products``
     packs them for ``level`` (the weight cache keeps them between calls), or
     NULL for any this call should pack itself.
     Returns 0, or -1 if a packing buffer could not be allocated.
@@ -230,8 +244,9 @@ cdef int _direction_forward(
     cdef floating *r = cell_out if projects else hidden
     cdef floating *h_prev
     cdef floating *tanh_rows = NULL
-    cdef bint simd_step = floating is float and level != PYLSTM_PORTABLE
-    cdef bint input_gemm = not (simd_step and fuse_input)
+    cdef bint gemm[3]
+    cdef bint simd_step = _sequence_plan(floating is float, level, fuse_input, projects, gemm)
+    cdef bint input_gemm = gemm[0]
     # Right-hand operands of the SIMD GEMM (level > 0): the cached ones, or
     # packed here once per call (and freed at the end).
     cdef floating *own_w_ih_t = NULL
@@ -241,14 +256,14 @@ cdef int _direction_forward(
     cdef const floating *w_hh_t = packed_weights[1]     # w_hh.T (P, 4H)  for [F2] without the SIMD step
     cdef const floating *w_hr_t = packed_weights[2]     # w_hr.T (H, P)   for [F4]
     if level != PYLSTM_PORTABLE:
-        if input_gemm and w_ih_t == NULL:
+        if gemm[0] and w_ih_t == NULL:
             w_ih_t = own_w_ih_t = pack_operand(level, Trans, I, G, w_ih, I)
-        if not simd_step and w_hh_t == NULL:
+        if gemm[1] and w_hh_t == NULL:
             w_hh_t = own_w_hh_t = pack_operand(level, Trans, P, G, w_hh, P)
-        if projects and w_hr_t == NULL:
+        if gemm[2] and w_hr_t == NULL:
             w_hr_t = own_w_hr_t = pack_operand(level, Trans, H, P, w_hr, H)
-        if (input_gemm and w_ih_t == NULL) or (not simd_step and w_hh_t == NULL) \
-                or (projects and w_hr_t == NULL):
+        if (gemm[0] and w_ih_t == NULL) or (gemm[1] and w_hh_t == NULL) \
+                or (gemm[2] and w_hr_t == NULL):
             free(own_w_ih_t)
             free(own_w_hh_t)
             free(own_w_hr_t)
@@ -490,6 +505,17 @@ def pack_transposed(const floating[:, ::1] w, int level):
     return packed
 
 
+def pack_products(w_ih, w_hh, w_hr, int level, bint fuse_input):
+    """(w_ih.T, w_hh.T, w_hr.T) packed by ``pack_transposed`` for the products
+    a sequence at ``level`` runs through the GEMM, None for the others (and
+    for all on the portable level): what ``direction_forward`` takes as
+    ``packed_weights``. w_hr is None without a projection."""
+    cdef bint gemm[3]
+    _sequence_plan(w_hh.dtype == np.float32, level, fuse_input, w_hr is not None, gemm)
+    return tuple(pack_transposed(w, level) if needed else None
+                 for w, needed in zip((w_ih, w_hh, w_hr), (gemm[0], gemm[1], gemm[2])))
+
+
 def aligned_empty(shape, dtype):
     """``np.empty(shape, dtype)`` whose data starts on a cache line.
 
@@ -604,7 +630,7 @@ def direction_forward(const floating[:, :, ::1] x,
     x_is_packed, packed_x already filled) for training. ``panels`` comes from
     ``pack_weights`` at the same ``level``, with w_ih included iff
     ``fuse_input`` (float32 only; None for the portable path).
-    ``packed_weights`` is (w_ih.T, w_hh.T, w_hr.T) from ``pack_transposed`` at
+    ``packed_weights`` is (w_ih.T, w_hh.T, w_hr.T) from ``pack_products`` at
     ``level``, each None where this call should pack it. cell_out (B, H)
     is needed when projecting; hidden_scratch (B, P) for inference;
     hidden_prev (N, P), cell_prev and tanh_cell (N, H) only for training.
