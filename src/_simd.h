@@ -114,40 +114,16 @@ enum { PYLSTM_PORTABLE = 0, PYLSTM_AVX2 = 1, PYLSTM_AVX512 = 2 };
  * type at each level. */
 #define SCALAR float
 #define SCALAR_IS_DOUBLE 0
-#define SFX f32_portable
-#include "_cell_impl.h"
-#undef SFX
-#if PYLSTM_HAVE_SIMD
-#define SFX f32_avx2
-#define TARGET "avx2,fma"
-#include "_cell_impl.h"
-#undef SFX
-#undef TARGET
-#define SFX f32_avx512
-#define TARGET "avx512f,avx512dq,avx512vl,avx2,fma"
-#include "_cell_impl.h"
-#undef SFX
-#undef TARGET
-#endif
+#define CELL_TYPE f32
+#include "_cell_levels.h"
+#undef CELL_TYPE
 #undef SCALAR
 #undef SCALAR_IS_DOUBLE
 #define SCALAR double
 #define SCALAR_IS_DOUBLE 1
-#define SFX f64_portable
-#include "_cell_impl.h"
-#undef SFX
-#if PYLSTM_HAVE_SIMD
-#define SFX f64_avx2
-#define TARGET "avx2,fma"
-#include "_cell_impl.h"
-#undef SFX
-#undef TARGET
-#define SFX f64_avx512
-#define TARGET "avx512f,avx512dq,avx512vl,avx2,fma"
-#include "_cell_impl.h"
-#undef SFX
-#undef TARGET
-#endif
+#define CELL_TYPE f64
+#include "_cell_levels.h"
+#undef CELL_TYPE
 #undef SCALAR
 #undef SCALAR_IS_DOUBLE
 
