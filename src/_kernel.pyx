@@ -75,6 +75,7 @@ cdef extern from "_simd.h" nogil:
     void pylstm_row_sums_f64(int level, const double *a, long rows, long cols, double *sums)
     void pylstm_set_num_threads(int n)
     int pylstm_get_num_threads()
+    long pylstm_parts_taken_over()
 
 
 # ---------------------------------------------------------------------------
@@ -460,6 +461,12 @@ def set_num_threads(int n):
 def get_num_threads():
     """Threads the kernel may use; see set_num_threads."""
     return pylstm_get_num_threads()
+
+
+def _parts_taken_over():
+    """Parts of parallel regions that the calling thread ran because no worker
+    had claimed them yet (cumulative; for tests)."""
+    return pylstm_parts_taken_over()
 
 
 def cpu_level():

@@ -7,8 +7,14 @@
  * since 2.2.5 are used (mutex, condition variable, atfork): glibc 2.34 gave
  * pthread_create and pthread_once new symbol versions, which would tie the
  * wheels to glibc >= 2.34. Work is split so that each output element is computed by
- * exactly one thread in the same order as with one thread, so results are
- * bitwise identical at any thread count.
+ * exactly one part in the same order as with one thread, so results are
+ * bitwise identical at any thread count, whichever thread runs a part.
+ *
+ * A region's parts are claimed, not assigned: the caller runs part 0, then
+ * claims whatever parts no worker has taken yet. A worker that the OS has
+ * descheduled (another process, or another library's spinning threads, on
+ * its core) therefore costs the region its share of the parallelism, not a
+ * wait of a whole time slice on every step.
  *
  * Workers spin briefly between regions (a time loop issues one region per
  * step, microseconds apart), then sleep on a condition variable. One region
@@ -34,35 +40,58 @@
 
 typedef void (*pylstm_task)(void *context, int part, int n_parts);
 
+/* The claim word: generation << 32 | n_parts << 16 | next unclaimed part.
+ * One atomic, so a thread that wins the compare-and-swap on it knows the
+ * region is still running and its task and context are this region's. */
+#define PYLSTM_CLAIM(generation, n_parts, next) \
+    ((unsigned long)(generation) << 32 | (unsigned long)(n_parts) << 16 | (unsigned long)(next))
+#define PYLSTM_CLAIM_GENERATION(word) ((unsigned long)(word) >> 32)
+#define PYLSTM_CLAIM_PARTS(word) ((int)(((word) >> 16) & 0xffff))
+#define PYLSTM_CLAIM_NEXT(word) ((int)((word) & 0xffff))
+
 static struct {
     pthread_mutex_t lock;        /* guards sleeping and the worker count */
     pthread_cond_t wake;
     atomic_int busy;             /* 1 while a region runs */
-    atomic_long generation;      /* bumped to start a region */
-    atomic_int done;             /* workers finished with the current region */
+    atomic_ulong claim;          /* PYLSTM_CLAIM(generation, n_parts, next part) */
+    atomic_int finished;         /* parts of the current region completed */
+    atomic_int sleepers;         /* workers waiting on `wake` */
     int n_workers;               /* started so far (threads beyond the caller) */
-    int n_parts;                 /* parts of the current region */
     pylstm_task task;
     void *context;
     int wanted;                  /* pylstm.set_num_threads */
     pid_t owner;                 /* process that started the workers */
-} pylstm_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 0, 0, 0, 1, 0};
+    long taken_over;             /* parts beyond part 0 that callers ran (tests read it) */
+} pylstm_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0};
 
-/* What a worker is started with. `seen` is the generation before the region
- * its creator is about to start: read later, the worker could miss it. */
-typedef struct { int index; long seen; } pylstm_worker_start;
+/* Claim and run parts of region `generation` until none is left; returns how many. */
+static int pylstm_pool_work(unsigned long generation) {
+    int ran = 0;
+    unsigned long word = atomic_load_explicit(&pylstm_pool.claim, memory_order_acquire);
+    while (PYLSTM_CLAIM_GENERATION(word) == generation
+           && PYLSTM_CLAIM_NEXT(word) < PYLSTM_CLAIM_PARTS(word)) {
+        if (!atomic_compare_exchange_weak_explicit(&pylstm_pool.claim, &word, word + 1,
+                                                   memory_order_acq_rel, memory_order_acquire))
+            continue;  /* `word` now holds the current value */
+        /* the region cannot end before this part finishes, so task and context are its own */
+        pylstm_pool.task(pylstm_pool.context, PYLSTM_CLAIM_NEXT(word), PYLSTM_CLAIM_PARTS(word));
+        atomic_fetch_add_explicit(&pylstm_pool.finished, 1, memory_order_release);
+        word = atomic_load_explicit(&pylstm_pool.claim, memory_order_acquire);
+        ++ran;
+    }
+    return ran;
+}
 
-/* CPython's thread start (Python.h), declared here so this header stands alone. */
-unsigned long PyThread_start_new_thread(void (*func)(void *), void *arg);
+static unsigned long pylstm_pool_generation(void) {
+    return PYLSTM_CLAIM_GENERATION(atomic_load_explicit(&pylstm_pool.claim, memory_order_acquire));
+}
 
 static void pylstm_worker(void *arg) {
-    pylstm_worker_start start = *(pylstm_worker_start *)arg;
+    unsigned long seen = *(unsigned long *)arg;  /* the generation before its first region */
     free(arg);
-    int index = start.index;     /* 1 .. n_workers; the caller is part 0 */
-    long seen = start.seen;
     for (;;) {
         int spins = 0;
-        while (atomic_load_explicit(&pylstm_pool.generation, memory_order_acquire) == seen) {
+        while (pylstm_pool_generation() == seen) {
             if (++spins < PYLSTM_SPIN) {
                 if (spins > PYLSTM_SPIN_BEFORE_YIELD) sched_yield();
 #if defined(__x86_64__)
@@ -71,14 +100,15 @@ static void pylstm_worker(void *arg) {
                 continue;
             }
             pthread_mutex_lock(&pylstm_pool.lock);
-            while (atomic_load(&pylstm_pool.generation) == seen)
+            /* sequentially consistent with the caller's publish-then-check */
+            atomic_fetch_add(&pylstm_pool.sleepers, 1);
+            while (PYLSTM_CLAIM_GENERATION(atomic_load(&pylstm_pool.claim)) == seen)
                 pthread_cond_wait(&pylstm_pool.wake, &pylstm_pool.lock);
+            atomic_fetch_sub(&pylstm_pool.sleepers, 1);
             pthread_mutex_unlock(&pylstm_pool.lock);
         }
-        seen = atomic_load(&pylstm_pool.generation);
-        if (index < pylstm_pool.n_parts)
-            pylstm_pool.task(pylstm_pool.context, index, pylstm_pool.n_parts);
-        atomic_fetch_add_explicit(&pylstm_pool.done, 1, memory_order_release);
+        seen = pylstm_pool_generation();
+        pylstm_pool_work(seen);
     }
 }
 
@@ -88,6 +118,7 @@ static void pylstm_pool_after_fork(void) {
     pthread_mutex_init(&pylstm_pool.lock, NULL);
     pthread_cond_init(&pylstm_pool.wake, NULL);
     atomic_store(&pylstm_pool.busy, 0);
+    atomic_store(&pylstm_pool.sleepers, 0);
     pylstm_pool.n_workers = 0;
     pylstm_pool.owner = getpid();
 }
@@ -108,8 +139,11 @@ static void pylstm_set_num_threads(int n) {
 
 static int pylstm_get_num_threads(void) { return pylstm_pool.wanted; }
 
+static long pylstm_parts_taken_over(void) { return pylstm_pool.taken_over; }
+
 /* Run task(context, part, n_parts) for part in [0, n_parts), n_parts <= the
- * thread setting and <= max_parts; the caller runs part 0. Returns n_parts. */
+ * thread setting and <= max_parts; the caller runs part 0 and any part no
+ * worker has claimed by the time it is done. Returns n_parts. */
 static int pylstm_parallel(int max_parts, pylstm_task task, void *context) {
     int n = pylstm_pool.wanted < max_parts ? pylstm_pool.wanted : max_parts;
     int expected = 0;
@@ -122,32 +156,37 @@ static int pylstm_parallel(int max_parts, pylstm_task task, void *context) {
         pylstm_pool.n_workers = 0;
         pylstm_pool.owner = getpid();
     }
+    unsigned long generation = pylstm_pool_generation();
     while (pylstm_pool.n_workers < n - 1) {
-        pylstm_worker_start *start = malloc(sizeof *start);
-        if (start == NULL) break;
-        start->index = pylstm_pool.n_workers + 1;
-        start->seen = atomic_load(&pylstm_pool.generation);
+        unsigned long *seen = malloc(sizeof *seen);
+        if (seen == NULL) break;
+        *seen = generation;
         /* (unsigned long)-1 is CPython's failure value */
-        if (PyThread_start_new_thread(pylstm_worker, start) == (unsigned long)-1) {
-            free(start);
+        if (PyThread_start_new_thread(pylstm_worker, seen) == (unsigned long)-1) {
+            free(seen);
             break;
         }
         pylstm_pool.n_workers++;
     }
     if (n > pylstm_pool.n_workers + 1) n = pylstm_pool.n_workers + 1;
-    int workers = pylstm_pool.n_workers;
     pylstm_pool.task = task;
     pylstm_pool.context = context;
-    pylstm_pool.n_parts = n;
-    atomic_store(&pylstm_pool.done, 0);
-    pthread_mutex_lock(&pylstm_pool.lock);
-    atomic_fetch_add_explicit(&pylstm_pool.generation, 1, memory_order_release);
-    pthread_cond_broadcast(&pylstm_pool.wake);
-    pthread_mutex_unlock(&pylstm_pool.lock);
+    atomic_store_explicit(&pylstm_pool.finished, 0, memory_order_relaxed);
+    generation = (generation + 1) & 0xffffffffUL;
+    /* publish with part 0 already the caller's; sequentially consistent, so a
+     * worker about to sleep either sees it or is counted in `sleepers` */
+    atomic_store(&pylstm_pool.claim, PYLSTM_CLAIM(generation, n, 1));
+    if (atomic_load(&pylstm_pool.sleepers) > 0) {
+        pthread_mutex_lock(&pylstm_pool.lock);
+        pthread_cond_broadcast(&pylstm_pool.wake);
+        pthread_mutex_unlock(&pylstm_pool.lock);
+    }
     task(context, 0, n);
-    /* every worker acknowledges every region, even with no part of it */
+    atomic_fetch_add_explicit(&pylstm_pool.finished, 1, memory_order_release);
+    pylstm_pool.taken_over += pylstm_pool_work(generation);
+    /* parts claimed by workers and still running */
     for (long spins = 0;
-         atomic_load_explicit(&pylstm_pool.done, memory_order_acquire) < workers; ++spins) {
+         atomic_load_explicit(&pylstm_pool.finished, memory_order_acquire) < n; ++spins) {
         if (spins > PYLSTM_SPIN_BEFORE_YIELD) sched_yield();
 #if defined(__x86_64__)
         else __builtin_ia32_pause();

@@ -212,6 +212,43 @@ def test_kernel_threads_give_bitwise_identical_results():
             assert np.array_equal(a, b)
 
 
+_CORE_TAKEN = """
+import os, sys
+import numpy as np
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # workers inherit it: one core for all
+import pylstm
+from pylstm import _kernel
+rng = np.random.default_rng(2)
+lstm = pylstm.LSTM(24, 64, 2, bidirectional=True, random_state=0)
+x = rng.standard_normal((40, 12, 24)).astype(np.float32)
+lengths = rng.integers(1, 13, size=40)
+def run():
+    out, _ = lstm(x, lengths=lengths)
+    out_t, _, cache = lstm.forward_train(x, lengths=lengths)
+    grads = lstm.backward(cache, np.ones_like(out_t))
+    return out, grads.flat, grads.input
+want = run()
+before = _kernel._parts_taken_over()
+with pylstm.threads(2):
+    got = [run() for _ in range(5)]
+print(_kernel._parts_taken_over() - before)
+sys.exit(0 if all(np.array_equal(a, b) for g in got for a, b in zip(want, g)) else 3)
+"""
+
+
+@pytest.mark.skipif(_kernel.cpu_level() == 0, reason="no pylstm thread pool on the portable path")
+def test_caller_runs_the_parts_a_descheduled_worker_has_not_claimed():
+    """With the worker on the caller's core it rarely runs before the caller is
+    done with part 0; the caller then runs the rest itself (no waiting for a
+    time slice), with results bitwise those of one thread."""
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-c", _CORE_TAKEN], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert int(result.stdout) > 0
+
+
 def test_thread_count_is_validated():
     with pytest.raises(ValueError, match="threads"):
         pylstm.set_num_threads(0)
