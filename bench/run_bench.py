@@ -3,7 +3,7 @@
 Every case runs each library on the same weights (pylstm's ``state_dict``)
 and the same input, checks the peers' outputs (and gradients) against
 pylstm's first, then times them in one process, interleaved (each repeat runs
-every library once, in a rotating order, so machine noise hits all alike),
+every library once, in a random order, so machine noise hits all alike),
 at each requested thread count (the same count for every library). It reports
 the median, the spread (IQR) and each peer's time divided by pylstm's (> 1:
 pylstm is faster), plus the *floor*: the case's FLOPs divided by the
@@ -45,7 +45,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
+# OpenBLAS's idle threads (NumPy's, behind the reference contestant) busy-wait
+# for about 2^28 cycles (~0.1 s) after each call, taking a core from whichever
+# library runs next: measured at 2 threads, pylstm's deepbench-device took
+# 11.3 ms right after a NumPy product against 1.4 ms alone. 2^4 cycles lets them
+# sleep at once; it must be set before OpenBLAS loads.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import numpy as np  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -217,7 +224,7 @@ class Deadline:
 
 def measure(contestants: list[Contestant], budget: Budget, first_runs: dict[str, float],
             seconds: float) -> dict[str, Timing]:
-    """Interleaved medians: each repeat runs every contestant once, in a rotating order.
+    """Interleaved medians: each repeat runs every contestant once, in a random order.
 
     ``first_runs`` holds the time of each contestant's first (checked) run. In a
     full run, contestants faster than 0.1 s get one more untimed call to warm
@@ -236,9 +243,12 @@ def measure(contestants: list[Contestant], budget: Budget, first_runs: dict[str,
         round_time += once * timings[c.name].inner
     fewest = budget.min_repeats if seconds > 0 else 1
     repeats = int(min(budget.repeats, max(fewest, seconds // round_time)))
+    # A fresh random order each repeat: with a rotating order every library
+    # always follows the same other one, and inherits its spinning threads.
+    order = np.random.default_rng(0)
     for r in range(repeats):
-        shift = r % len(contestants)
-        for c in contestants[shift:] + contestants[:shift]:
+        for index in order.permutation(len(contestants)):
+            c = contestants[index]
             # Let the previous library's worker threads stop spinning, so that
             # they do not steal cores from this one.
             time.sleep(_SETTLE)
