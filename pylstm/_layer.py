@@ -24,8 +24,14 @@ from ._validation import (as_float_array, check_blas_size, check_lengths, check_
 # while each chunk's GEMM stays large enough to run near BLAS's peak.
 _CHUNK_ROWS = 2048
 _MIN_CHUNK_STEPS = 8
-# From this batch size on, the SIMD step also computes the input term.
+# From this batch size on, the SIMD step also computes the input term, as
+# long as its weight panels [w_hh | w_ih] stay in L2 from one step to the
+# next: within this share of one core's L2 (1 MiB assumed if unknown).
 _FUSE_MIN_BATCH = 4
+_L2_BUDGET = 3 * (_kernel.l2_cache_size() or 1 << 20) // 4
+# When even w_hh's panels do not stay in L2, every step reads them from L3
+# anyway, and fusing pays from this batch size on.
+_FUSE_MIN_BATCH_FROM_L3 = 48
 # Buffers the kernel streams start on a cache line.
 _empty = _kernel.aligned_empty
 
@@ -466,9 +472,6 @@ class LSTM:
         h_n = np.empty_like(h0)
         c_n = np.empty_like(c0)
         level = _kernel.simd_level()
-        # Small batches keep one big GEMM for the input term: fusing it into the
-        # step would stream w_ih from cache at every step for a few rows only.
-        fuse_input = level > 0 and self.dtype == np.float32 and batch >= _FUSE_MIN_BATCH
         # backward differentiates this pass, so it keeps the parameters it used:
         # an optimizer (or anything) may write to them before backward runs
         cache = (_TrainCache(self, (batch, time), packing, [], [], [], [], [], [], level,
@@ -487,6 +490,7 @@ class LSTM:
         layer_input = x
         for layer in range(self.num_layers):
             width = self._layer_input_size(layer)
+            fuse_input = self._fuses_input(level, batch, width)
             # every step of every sequence is written unless lengths end some early
             out = (np.empty if packing.identity else np.zeros)((batch, time, D * P), self.dtype)
             if train:
@@ -533,6 +537,25 @@ class LSTM:
                 cache.dropout_masks.append(mask)
             layer_input = out
         return layer_input, (h_n, c_n), cache
+
+    def _fuses_input(self, level: int, batch: int, input_size: int) -> bool:
+        """Whether the SIMD step computes a layer's input term itself rather than
+        one GEMM over a chunk of steps first.
+
+        Fused, the step streams w_ih's panels with w_hh's at every step for a
+        batch's rows, and saves the gate buffer's round trip. Measured at 1
+        thread (ms, fused / separate): where both fit in L2 (`mid`) 15.2 /
+        15.9; where w_hh's panels fit and [w_hh | w_ih]'s do not (I = 512,
+        H = 256) 15.3 / 8.9 at B = 8, 39.8 / 35.4 at B = 32, 72.4 / 71.0 at
+        B = 128; where neither does (I = H = 512) 21.9 / 16.6 at B = 8, 52.6 /
+        51.2 at B = 32, 94.3 / 98.2 at B = 64, 181 / 191 at B = 128 (`large`).
+        """
+        if level == 0 or self.dtype != np.float32 or batch < _FUSE_MIN_BATCH:
+            return False
+        recurrent = 16 * self.hidden_size * self.output_size  # bytes of 4H x P floats
+        if recurrent + 16 * self.hidden_size * input_size <= _L2_BUDGET:
+            return True
+        return recurrent > _L2_BUDGET and batch >= _FUSE_MIN_BATCH_FROM_L3
 
     def _kernel_weights(self, layer: int, direction: int, level: int, fuse_input: bool,
                         products: bool = False):

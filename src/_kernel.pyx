@@ -47,6 +47,10 @@ from _blas cimport (CACHE_LINE, BlasTranspose, NoTrans, Trans, gemm, matmul, pac
                    pack_operand_into, pylstm_packed_b_size, transposed)
 
 
+cdef extern from "unistd.h" nogil:
+    long sysconf(int name)
+    enum: _SC_LEVEL2_CACHE_SIZE
+
 cdef extern from "_simd.h" nogil:
     int PYLSTM_PORTABLE, PYLSTM_AVX2, PYLSTM_AVX512
     int pylstm_cpu_level()
@@ -472,6 +476,11 @@ def _parts_taken_over():
 def cpu_level():
     """The highest SIMD level this CPU supports (ignores PYLSTM_SIMD)."""
     return pylstm_cpu_level()
+
+
+def l2_cache_size():
+    """Bytes of one core's L2 cache as the C library reports it (0 if unknown)."""
+    return max(sysconf(_SC_LEVEL2_CACHE_SIZE), 0)
 
 
 def pack_weights(const float[:, ::1] w_hh, const float[:, ::1] w_ih, int hidden_size,

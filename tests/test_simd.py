@@ -85,8 +85,11 @@ def _assert_nan_propagates(level, which, dtype):
     (32, 12, 7, True, False),     # projection
     (64, 0, 20, False, True),
 ])
+@pytest.mark.parametrize("input_term", ["fused", "separate"])
 def test_simd_forward_and_backward_match_reference(simd, hidden, proj, batch, bidirectional,
-                                                   use_lengths):
+                                                   use_lengths, input_term, monkeypatch):
+    if input_term == "separate":  # as when [w_hh | w_ih]'s panels would not stay in L2
+        monkeypatch.setattr(pylstm._layer, "_L2_BUDGET", 0)
     rng = np.random.default_rng(hidden * 1000 + batch)
     layers, time, features = 2, 9, 5
     lstm = pylstm.LSTM(features, hidden, layers, bidirectional=bidirectional, proj_size=proj,
@@ -111,6 +114,32 @@ def test_simd_forward_and_backward_match_reference(simd, hidden, proj, batch, bi
     assert_close(grads.input, want_dx, 1e-4)
     for name, value in want_dp.items():
         assert_close(grads.params[name], value, 1e-4)
+
+
+@pytest.mark.parametrize("simd_level", AVAILABLE[1:])  # the portable path has no fused step
+def test_input_term_gives_the_same_bits_fused_or_separate(simd_level, monkeypatch):
+    """Computed in the step or by one GEMM first (chosen by batch and cache
+    size), the input term is the same sum added in the same order."""
+    monkeypatch.setenv("PYLSTM_SIMD", simd_level)
+    rng = np.random.default_rng(4)
+    lstm = pylstm.LSTM(5, 40, 2, bidirectional=True, random_state=0)
+    x = rng.standard_normal((13, 9, 5)).astype(np.float32)
+    lengths = rng.integers(1, 10, size=13)
+    grad_out = rng.standard_normal((13, 9, 80)).astype(np.float32)
+
+    def run():
+        out, (h_n, c_n) = lstm(x, lengths=lengths)
+        _, _, cache = lstm.forward_train(x, lengths=lengths)
+        grads = lstm.backward(cache, grad_out)
+        return out, h_n, c_n, grads.flat, grads.input
+
+    level = LEVELS[simd_level]
+    assert lstm._fuses_input(level, 13, 5) and lstm._fuses_input(level, 13, 80)
+    fused = run()
+    monkeypatch.setattr(pylstm._layer, "_L2_BUDGET", 0)
+    assert not lstm._fuses_input(level, 13, 5) and not lstm._fuses_input(level, 13, 80)
+    for a, b in zip(fused, run()):
+        assert np.array_equal(a, b)
 
 
 def test_simd_levels_agree_on_a_long_sequence(monkeypatch):
