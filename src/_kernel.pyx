@@ -252,6 +252,18 @@ cdef int _direction_forward(
     cdef bint gemm[3]
     cdef bint simd_step = _sequence_plan(floating is float, level, fuse_input, projects, gemm)
     cdef bint input_gemm = gemm[0]
+    # In place: inference of a batch in its own order with every sequence live
+    # at every step (no lengths). The step then reads h_{t-1} from the output
+    # array and writes h_t into it (and reads x there, if fused), rather than
+    # copying each row in and out of state buffers at every step.
+    cdef bint in_place = (simd_step and not projects and hidden_prev == NULL
+                          and batch_sizes[0] == B and batch_sizes[T - 1] == B
+                          and T * out_width < INT_MAX and T * I < INT_MAX)
+    cdef Py_ssize_t b, t_prev = -1
+    if in_place:
+        for b in range(B):
+            in_place = in_place and perm[b] == b
+    cdef int ld_h = <int> (T * out_width) if in_place else P
     # Right-hand operands of the SIMD GEMM (level > 0): the cached ones, or
     # packed here once per call (and freed at the end).
     cdef floating *own_w_ih_t = NULL
@@ -284,7 +296,7 @@ cdef int _direction_forward(
             t_end = min(t_begin + chunk_steps, T)
         base = offsets[t_begin]
         n_rows = offsets[t_end] - base
-        if not x_is_packed:
+        if not x_is_packed and not (in_place and not input_gemm):
             _gather_inputs(x, T, I, perm, batch_sizes, t_begin, t_end, packed_x)
         if input_gemm:
             # [F1] gates = packed_x @ w_ih.T : (n_rows, I) @ (I, 4H)
@@ -302,6 +314,17 @@ cdef int _direction_forward(
             else:
                 h_prev = hidden_scratch
             memcpy(h_prev, hidden, live * P * sizeof(floating))
+            if in_place:
+                # h_{t-1} is the output's previous step (h0 at the first), h_t goes to step t
+                h_prev = hidden if t_prev < 0 else out + t_prev * out_width + out_col
+                pylstm_step(level, live, H, P, I if fuse_input else 0, panels,
+                            <const float *> bias, <const float *> h_prev,
+                            P if t_prev < 0 else ld_h,
+                            <const float *> x + t * I, <int> (T * I),
+                            <float *> gates + row * G, G, False, <float *> cell, H,
+                            <float *> out + t * out_width + out_col, ld_h, NULL, H)
+                t_prev = t
+                continue
             if simd_step:
                 # [F1]+[F2]+[F3] fused: z = h_prev @ w_hh.T (+ x @ w_ih.T) + bias,
                 # activations and cell update while the tile is in registers
@@ -321,6 +344,10 @@ cdef int _direction_forward(
                 matmul(level, NoTrans, Trans, live, P, H, r, H, w_hr, H, w_hr_t,
                        False, hidden, P)
             _scatter_hidden(hidden, P, live, perm, T, t, out, out_width, out_col)
+    if in_place:  # h_n: the last step's output
+        for b in range(B):
+            memcpy(hidden + b * P, out + (b * T + t_prev) * out_width + out_col,
+                   P * sizeof(floating))
     free(own_w_ih_t)
     free(own_w_hh_t)
     free(own_w_hr_t)
