@@ -62,7 +62,8 @@ cdef extern from "_simd.h" nogil:
                      const float *bias, const float *h_prev, int ld_h,
                      const float *x, int ld_x, float *gates, int ld_gates,
                      int store_gates, float *cell, int ld_cell,
-                     float *cell_out, int ld_out, float *tanh_cell, int ld_tanh)
+                     float *cell_out, int ld_out, float *tanh_cell, int ld_tanh,
+                     const float **h_rows, const float **x_rows, float **out_rows)
     int pylstm_vector_activation(int level, int which, const float *x, float *out, long n)
     bint pylstm_all_finite_f32(const float *values, long n)
     bint pylstm_all_finite_f64(const double *values, long n)
@@ -252,18 +253,21 @@ cdef int _direction_forward(
     cdef bint gemm[3]
     cdef bint simd_step = _sequence_plan(floating is float, level, fuse_input, projects, gemm)
     cdef bint input_gemm = gemm[0]
-    # In place: inference of a batch in its own order with every sequence live
-    # at every step (no lengths). The step then reads h_{t-1} from the output
-    # array and writes h_t into it (and reads x there, if fused), rather than
-    # copying each row in and out of state buffers at every step.
-    cdef bint in_place = (simd_step and not projects and hidden_prev == NULL
-                          and batch_sizes[0] == B and batch_sizes[T - 1] == B
-                          and T * out_width < INT_MAX and T * I < INT_MAX)
-    cdef Py_ssize_t b, t_prev = -1
+    # In place (inference through the SIMD step, no projection): each step reads
+    # h_{t-1} where it lies in the output array (h0 at a row's first step),
+    # writes h_t there (and reads x in the input, if fused), through per-row
+    # address tables, rather than copying rows in and out of state buffers.
+    cdef bint in_place = simd_step and not projects and hidden_prev == NULL
+    cdef const float **h_rows = NULL    # (B,) row b's h_{t-1}
+    cdef const float **x_rows = NULL    # (B,) row b's x_t
+    cdef float **out_rows = NULL        # (B,) where row b's h_t goes
+    cdef Py_ssize_t b, source, t_last
     if in_place:
-        for b in range(B):
-            in_place = in_place and perm[b] == b
-    cdef int ld_h = <int> (T * out_width) if in_place else P
+        h_rows = <const float **> malloc(3 * B * sizeof(float *))
+        if h_rows == NULL:
+            return -1
+        x_rows = h_rows + B
+        out_rows = <float **> (h_rows + 2 * B)
     # Right-hand operands of the SIMD GEMM (level > 0): the cached ones, or
     # packed here once per call (and freed at the end).
     cdef floating *own_w_ih_t = NULL
@@ -284,6 +288,7 @@ cdef int _direction_forward(
             free(own_w_ih_t)
             free(own_w_hh_t)
             free(own_w_hr_t)
+            free(h_rows)
             return -1
     for chunk in range(n_chunks):
         # Chunks (and steps in them) go forward in time, or backward for the
@@ -306,6 +311,24 @@ cdef int _direction_forward(
             t = t_end - 1 - step if reverse else t_begin + step
             live = batch_sizes[t]
             row = offsets[t] - base     # this step's first row in the chunk
+            if in_place:
+                for b in range(live):
+                    source = perm[b] * T
+                    # The batch is sorted by length, so a row live at step t was
+                    # live at the step before, unless t is its first step.
+                    if reverse and t + 1 < T and b < batch_sizes[t + 1]:
+                        h_rows[b] = <const float *> out + (source + t + 1) * out_width + out_col
+                    elif not reverse and t > 0:
+                        h_rows[b] = <const float *> out + (source + t - 1) * out_width + out_col
+                    else:
+                        h_rows[b] = <const float *> hidden + b * P
+                    x_rows[b] = <const float *> x + (source + t) * I
+                    out_rows[b] = <float *> out + (source + t) * out_width + out_col
+                pylstm_step(level, live, H, P, I if fuse_input else 0, panels,
+                            <const float *> bias, NULL, 0, NULL, 0,
+                            <float *> gates + row * G, G, False, <float *> cell, H,
+                            NULL, 0, NULL, 0, h_rows, x_rows, out_rows)
+                continue
             # The step reads h_{t-1} from a copy, so it can write h_t in place.
             if hidden_prev != NULL:     # training: one chunk, so row is the packed row
                 h_prev = hidden_prev + row * P
@@ -314,17 +337,6 @@ cdef int _direction_forward(
             else:
                 h_prev = hidden_scratch
             memcpy(h_prev, hidden, live * P * sizeof(floating))
-            if in_place:
-                # h_{t-1} is the output's previous step (h0 at the first), h_t goes to step t
-                h_prev = hidden if t_prev < 0 else out + t_prev * out_width + out_col
-                pylstm_step(level, live, H, P, I if fuse_input else 0, panels,
-                            <const float *> bias, <const float *> h_prev,
-                            P if t_prev < 0 else ld_h,
-                            <const float *> x + t * I, <int> (T * I),
-                            <float *> gates + row * G, G, False, <float *> cell, H,
-                            <float *> out + t * out_width + out_col, ld_h, NULL, H)
-                t_prev = t
-                continue
             if simd_step:
                 # [F1]+[F2]+[F3] fused: z = h_prev @ w_hh.T (+ x @ w_ih.T) + bias,
                 # activations and cell update while the tile is in registers
@@ -332,7 +344,8 @@ cdef int _direction_forward(
                             <const float *> bias, <const float *> h_prev, P,
                             <const float *> packed_x + row * I, I,
                             <float *> gates + row * G, G, hidden_prev != NULL,
-                            <float *> cell, H, <float *> r, H, <float *> tanh_rows, H)
+                            <float *> cell, H, <float *> r, H, <float *> tanh_rows, H,
+                            NULL, NULL, NULL)
             else:
                 # [F2] gates[rows] += h_prev @ w_hh.T : (live, P) @ (P, 4H)
                 matmul(level, NoTrans, Trans, live, G, P, h_prev, P, w_hh, P, w_hh_t,
@@ -344,10 +357,16 @@ cdef int _direction_forward(
                 matmul(level, NoTrans, Trans, live, P, H, r, H, w_hr, H, w_hr_t,
                        False, hidden, P)
             _scatter_hidden(hidden, P, live, perm, T, t, out, out_width, out_col)
-    if in_place:  # h_n: the last step's output
+    if in_place:  # h_n: each row's output at its last step
         for b in range(B):
-            memcpy(hidden + b * P, out + (b * T + t_prev) * out_width + out_col,
+            t_last = 0
+            if not reverse:
+                t_last = T - 1
+                while batch_sizes[t_last] <= b:
+                    t_last -= 1
+            memcpy(hidden + b * P, out + (perm[b] * T + t_last) * out_width + out_col,
                    P * sizeof(floating))
+    free(h_rows)
     free(own_w_ih_t)
     free(own_w_hh_t)
     free(own_w_hr_t)
@@ -997,7 +1016,8 @@ cdef class StepPlan:
                     pylstm_step(self.level, B, H, P, width, weights.panels,
                                 <const float *> weights.bias, <const float *> h + layer * B * P, P,
                                 <const float *> layer_in, width, NULL, G, 0,
-                                <float *> c_new + layer * B * H, H, <float *> r, H, NULL, 0)
+                                <float *> c_new + layer * B * H, H, <float *> r, H, NULL, 0,
+                                NULL, NULL, NULL)
                 else:
                     # [F1] gates = x @ w_ih.T : (B, I) @ (I, 4H)
                     gemm(NoTrans, Trans, B, G, width, 1, layer_in, width,

@@ -170,6 +170,10 @@ typedef struct {
     float *cell; int ld_cell;        /* (live, H) in/out */
     float *cell_out; int ld_out;     /* (live, H) out: o * tanh(c) */
     float *tanh_cell; int ld_tanh;   /* (live, H) out: tanh(c), training only (else NULL) */
+    /* When not NULL, row b of h_prev, x and cell_out is at h_rows[b], x_rows[b],
+     * out_rows[b] instead (inference reads and writes the caller's arrays in place) */
+    const float *const *h_rows, *const *x_rows;
+    float *const *out_rows;
 } FN(pylstm_step_args);
 
 /* One register tile: units [u*VW, u*VW + width) of rows [row0, row0 + nr). */
@@ -178,6 +182,12 @@ FN(tile)(const int nr, const FN(pylstm_step_args) *a, int u, int width, int row0
     const int H = a->H, P = a->P, K = a->P + a->I;
     const float *panel = a->panels + (long)u * K * 4 * VW;
     VEC acc[4][NR], x_term[4][NR];
+    const float *h_row[NR], *x_row[NR];
+    for (int b = 0; b < nr; ++b) {
+        h_row[b] = a->h_rows != NULL ? a->h_rows[row0 + b] : a->h_prev + (long)(row0 + b) * a->ld_h;
+        x_row[b] = a->I == 0 ? NULL
+                 : a->x_rows != NULL ? a->x_rows[row0 + b] : a->x + (long)(row0 + b) * a->ld_x;
+    }
     /* [F1] fused: x_term[gate][b] = w_ih[gate units] @ x[row0 + b]. Summed on
      * its own, in the order of the separate input GEMM, so a sequence gets the
      * same bits whichever path its batch size picks. */
@@ -189,7 +199,7 @@ FN(tile)(const int nr, const FN(pylstm_step_args) *a, int u, int width, int row0
         VEC w_g = FN(load)(w + 2 * VW), w_o = FN(load)(w + 3 * VW);
         PYLSTM_IN_REGISTERS(w_i, w_f, w_g, w_o);
         for (int b = 0; b < nr; ++b) {
-            float x = a->x[(long)(row0 + b) * a->ld_x + (k - P)];
+            float x = x_row[b][k - P];
             acc[0][b] += w_i * x;
             acc[1][b] += w_f * x;
             acc[2][b] += w_g * x;
@@ -205,7 +215,7 @@ FN(tile)(const int nr, const FN(pylstm_step_args) *a, int u, int width, int row0
         VEC w_g = FN(load)(w + 2 * VW), w_o = FN(load)(w + 3 * VW);
         PYLSTM_IN_REGISTERS(w_i, w_f, w_g, w_o);
         for (int b = 0; b < nr; ++b) {
-            float h = a->h_prev[(long)(row0 + b) * a->ld_h + k];
+            float h = h_row[b][k];
             acc[0][b] += w_i * h;
             acc[1][b] += w_f * h;
             acc[2][b] += w_g * h;
@@ -236,7 +246,8 @@ FN(tile)(const int nr, const FN(pylstm_step_args) *a, int u, int width, int row0
         VEC c = f * LOAD(c_row) + i * g;
         VEC tanh_c = FN(vtanh)(c);
         STORE(c_row, c);
-        STORE(a->cell_out + row * a->ld_out + unit0, o * tanh_c);
+        STORE((a->out_rows != NULL ? a->out_rows[row] : a->cell_out + row * a->ld_out) + unit0,
+              o * tanh_c);
         if (a->store_gates) {
             STORE(z, i); STORE(z + H, f); STORE(z + 2 * H, g); STORE(z + 3 * H, o);
         }
