@@ -234,8 +234,9 @@ cdef int _direction_forward(
     (N, P), ``cell_prev`` (N, H) record the state each step started from and
     ``tanh_cell`` (N, H) the tanh of the cell it ended with.
     For inference those are NULL, the step reads the previous hidden state
-    from ``hidden_scratch`` (B, P), and the chunk buffers are reused, so memory
-    does not grow with T.
+    from ``hidden_scratch`` (B, P) (through the SIMD step without projection:
+    from ``out`` itself, see ``in_place``), and the chunk buffers are reused,
+    so memory does not grow with T.
     With ``fuse_input`` (float32 at a SIMD level) the step computes the input
     term itself from ``panels`` = packed [w_hh | w_ih], and [F1] is skipped.
     ``packed_weights`` holds w_ih.T, w_hh.T and w_hr.T as ``pack_products``
