@@ -102,8 +102,13 @@ EFN(pylstm_exp)(double x) {
     return p * scale;
 }
 
+/* Below -709 exp(-x) is clamped, and 1 / (1 + e^709) would leave ~1e-308 where
+ * the sigmoid is 0 (a gate shut by a huge weight must be shut); NaN stays NaN. */
 __attribute__((always_inline)) static inline double
-EFN(pylstm_sigmoid)(double x) { return 1.0 / (1.0 + EFN(pylstm_exp)(-x)); }
+EFN(pylstm_sigmoid)(double x) {
+    double s = 1.0 / (1.0 + EFN(pylstm_exp)(-x));
+    return x < -709.0 ? 0.0 : s;
+}
 
 /* tanh(x) with one division: Cephes' x + x z P(z) / Q(z), z = x^2, for
  * |x| < 0.625, else sign(x) (e - 1) / (e + 1) with e = exp(2|x|). */

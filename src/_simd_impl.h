@@ -99,8 +99,14 @@ FN(vdiv)(VEC n, VEC d) {
 #endif
 }
 
+/* Below the exp clamp, 1 / (1 + e^88.4) would leave ~4e-39 where the sigmoid
+ * is 0: a gate shut by a huge pre-activation must be shut, or a huge weight
+ * at the next step turns the leak into a visible error. NaN stays NaN. */
 __attribute__((target(TARGET), always_inline)) static inline VEC
-FN(vsigmoid)(VEC x) { return FN(vdiv)((VEC){0} + 1.0f, 1.0f + FN(vexp)(-x)); }
+FN(vsigmoid)(VEC x) {
+    VEC s = FN(vdiv)((VEC){0} + 1.0f, 1.0f + FN(vexp)(-x));
+    return (VEC)((IVEC)s & ~(IVEC)(x < -88.3762626647949f));
+}
 
 /* tanh(x): a 13/6-degree odd/even rational fit (Eigen's coefficients) on
  * [-7.9, 7.9], beyond which tanh is +-1 in float32. One division and no

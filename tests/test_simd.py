@@ -70,6 +70,38 @@ def test_float64_vector_activations_are_accurate(which, exact):
         _assert_nan_propagates(level, which, np.float64)
 
 
+def test_sigmoid_far_below_zero_is_exactly_zero():
+    """A gate closed by a huge pre-activation is 0, as in libm: the clamped exp
+    used to leave ~4e-39, which a huge weight at the next step turned into a
+    visible error (found by the fuzz suite)."""
+    x = np.array([-3e38, -1e37, -1e4, -200.0, -89.0] * 5, np.float32)
+    for level in range(1, _kernel.cpu_level() + 1):
+        got = np.empty_like(x)
+        _kernel.vector_activation(level, 0, x, got)
+        assert np.all(got == 0), (level, got[:5])
+    for level in range(_kernel.cpu_level() + 1):  # float64's cell update, every level
+        x64 = np.array([-1e308, -1e300, -1e4, -800.0, -745.2] * 3)
+        got = np.empty_like(x64)
+        _kernel.vector_activation(level, 0, x64, got)
+        assert np.all(got == 0), (level, got[:5])
+
+
+def test_output_gate_closed_by_a_huge_weight_matches_reference(simd):
+    """h = 0 exactly when the output gate saturates shut, so the next step's
+    h @ w_hh is 0 too, not 1e-40 * 8.5e37."""
+    rng = np.random.default_rng(0)
+    lstm = pylstm.LSTM(2, 1, random_state=0)
+    params = {k: rng.uniform(-1, 1, v.shape).astype(np.float32)
+              for k, v in lstm.state_dict().items()}
+    params["weight_hh_l0"][3, 0] = 8.5e37  # the output gate's recurrent weight
+    lstm.load_state_dict(params)
+    x = rng.standard_normal((3, 6, 2)).astype(np.float32)
+    want = reference_forward({k: v.astype(np.float64) for k, v in params.items()}, x,
+                             num_layers=1, bidirectional=False, hidden_size=1, proj_size=0)[0]
+    assert np.any(want == 0)  # the gate does close
+    assert_close(lstm(x)[0], want, 1e-5)
+
+
 def _assert_nan_propagates(level, which, dtype):
     """A NaN (an overflowed sum: inf - inf) must come out NaN, not clamped to a number."""
     x = np.array([np.nan, 1.0, np.inf, -np.inf] * 9, dtype)  # full vectors and a tail
