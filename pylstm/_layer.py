@@ -30,7 +30,8 @@ _MIN_CHUNK_STEPS = 8
 _FUSE_MIN_BATCH = 4
 _L2_BUDGET = 3 * (_kernel.l2_cache_size() or 1 << 20) // 4
 # When even w_hh's panels do not stay in L2, every step reads them from L3
-# anyway, and fusing pays from this batch size on.
+# anyway: fusing then pays while w_ih's panels are at most half of w_hh's, or
+# from this batch size on.
 _FUSE_MIN_BATCH_FROM_L3 = 48
 # Buffers the kernel streams start on a cache line.
 _empty = _kernel.aligned_empty
@@ -544,18 +545,26 @@ class LSTM:
 
         Fused, the step streams w_ih's panels with w_hh's at every step for a
         batch's rows, and saves the gate buffer's round trip. Measured at 1
-        thread (ms, fused / separate): where both fit in L2 (`mid`) 15.2 /
-        15.9; where w_hh's panels fit and [w_hh | w_ih]'s do not (I = 512,
-        H = 256) 15.3 / 8.9 at B = 8, 39.8 / 35.4 at B = 32, 72.4 / 71.0 at
-        B = 128; where neither does (I = H = 512) 21.9 / 16.6 at B = 8, 52.6 /
-        51.2 at B = 32, 94.3 / 98.2 at B = 64, 181 / 191 at B = 128 (`large`).
+        thread, T = 100 unless said (ms, fused / separate):
+
+        * both fit in L2 (`mid`): 15.2 / 15.9;
+        * w_hh's panels fit and [w_hh | w_ih]'s do not, H = 256: I = 512 15.3 /
+          8.9 at B = 8, 39.8 / 35.4 at B = 32, 72.4 / 71.0 at B = 128 (T = 50);
+          I = 192 6.1 / 5.2 at B = 8, 20.4 / 20.1 at B = 32;
+        * neither fits, H = 512: I = 64 23.1 / 24.6 at B = 8, 32.5 / 36.9 at
+          B = 16, 54.3 / 59.2 at B = 32; I = 128 36.4 / 39.6 at B = 16, 61.5 /
+          66.9 at B = 32; I = 256 43.4 / 42.5 at B = 16, 74.0 / 75.0 at B = 32;
+          I = 512 (T = 50) 21.9 / 16.6 at B = 8, 52.6 / 51.2 at B = 32, 94.3 /
+          98.2 at B = 64, 181 / 191 at B = 128 (`large`).
         """
         if level == 0 or self.dtype != np.float32 or batch < _FUSE_MIN_BATCH:
             return False
         recurrent = 16 * self.hidden_size * self.output_size  # bytes of 4H x P floats
         if recurrent + 16 * self.hidden_size * input_size <= _L2_BUDGET:
             return True
-        return recurrent > _L2_BUDGET and batch >= _FUSE_MIN_BATCH_FROM_L3
+        if recurrent <= _L2_BUDGET:  # fused, w_hh's panels would leave L2 with w_ih's
+            return False
+        return 2 * input_size <= self.output_size or batch >= _FUSE_MIN_BATCH_FROM_L3
 
     def _kernel_weights(self, layer: int, direction: int, level: int, fuse_input: bool,
                         products: bool = False):
