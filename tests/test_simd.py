@@ -120,12 +120,12 @@ def _assert_nan_propagates(level, which, dtype):
 @pytest.mark.parametrize("input_term", ["fused", "separate"])
 def test_simd_forward_and_backward_match_reference(simd, hidden, proj, batch, bidirectional,
                                                    use_lengths, input_term, monkeypatch):
-    if input_term == "separate":  # as when [w_hh | w_ih]'s panels would not stay in L2
-        monkeypatch.setattr(pylstm._layer, "_L2_BUDGET", 0)
     rng = np.random.default_rng(hidden * 1000 + batch)
     layers, time, features = 2, 9, 5
     lstm = pylstm.LSTM(features, hidden, layers, bidirectional=bidirectional, proj_size=proj,
                        random_state=1)
+    if input_term == "separate":
+        _only_w_hh_fits_in_l2(monkeypatch, lstm)
     params64 = {k: v.astype(np.float64) for k, v in lstm.state_dict().items()}
     x = rng.standard_normal((batch, time, features)).astype(np.float32)
     lengths = rng.integers(1, time + 1, size=batch) if use_lengths else None
@@ -148,6 +148,14 @@ def test_simd_forward_and_backward_match_reference(simd, hidden, proj, batch, bi
         assert_close(grads.params[name], value, 1e-4)
 
 
+def _only_w_hh_fits_in_l2(monkeypatch, lstm):
+    """Make the layer see an L2 that holds w_hh's panels but not w_ih's too,
+    where it computes the input term separately."""
+    monkeypatch.setattr(pylstm._layer, "_L2_BUDGET", 16 * lstm.hidden_size * lstm.output_size)
+    for width in (lstm.input_size, lstm.num_directions * lstm.output_size):
+        assert not lstm._fuses_input(2, 64, width)
+
+
 @pytest.mark.parametrize("simd_level", AVAILABLE[1:])  # the portable path has no fused step
 def test_input_term_gives_the_same_bits_fused_or_separate(simd_level, monkeypatch):
     """Computed in the step or by one GEMM first (chosen by batch and cache
@@ -168,7 +176,7 @@ def test_input_term_gives_the_same_bits_fused_or_separate(simd_level, monkeypatc
     level = LEVELS[simd_level]
     assert lstm._fuses_input(level, 13, 5) and lstm._fuses_input(level, 13, 80)
     fused = run()
-    monkeypatch.setattr(pylstm._layer, "_L2_BUDGET", 0)
+    _only_w_hh_fits_in_l2(monkeypatch, lstm)
     assert not lstm._fuses_input(level, 13, 5) and not lstm._fuses_input(level, 13, 80)
     for a, b in zip(fused, run()):
         assert np.array_equal(a, b)
