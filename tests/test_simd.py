@@ -150,6 +150,28 @@ def test_simd_forward_and_backward_match_reference(simd, hidden, proj, batch, bi
         assert_close(grads.params[name], value, 1e-4)
 
 
+@pytest.mark.parametrize("batch", [1, 7, 13])
+def test_steps_past_every_sequence_end_match_reference(simd, batch):
+    """Lengths all shorter than T: the last steps have no live row, h_n is each
+    row's output at its own last step, and the reverse direction starts each
+    row at its end (the in-place step's row tables)."""
+    rng = np.random.default_rng(batch)
+    lstm = pylstm.LSTM(5, 24, 2, bidirectional=True, random_state=2)
+    x = rng.standard_normal((batch, 9, 5)).astype(np.float32)
+    lengths = rng.integers(1, 6, size=batch)
+    params64 = {k: v.astype(np.float64) for k, v in lstm.state_dict().items()}
+    h0 = rng.standard_normal((4, batch, 24)).astype(np.float32)
+    c0 = rng.standard_normal((4, batch, 24)).astype(np.float32)
+    want_out, want_h, want_c, _ = reference_forward(
+        params64, x, lengths=lengths, h0=h0.astype(np.float64), c0=c0.astype(np.float64),
+        num_layers=2, bidirectional=True, hidden_size=24, proj_size=0)
+    out, (h_n, c_n) = lstm(x, (h0, c0), lengths=lengths)
+    assert_close(out, want_out, 1e-5)
+    assert np.all(out[:, 5:] == 0)
+    assert_close(h_n, want_h, 1e-5)
+    assert_close(c_n, want_c, 1e-5)
+
+
 def _only_w_hh_fits_in_l2(monkeypatch, lstm):
     """Make the layer see an L2 that holds w_hh's panels but not w_ih's too,
     where it computes the input term separately."""
