@@ -205,10 +205,10 @@ class LSTM:
     # Inference reuses weights prepared for the kernel (packed SIMD panels,
     # GEMM operands packed once, summed biases, step plans). They are rebuilt
     # whenever the parameters may have changed: after any write through this
-    # class, and for as long as any
-    # view of the parameters exists outside this object. NumPy gives every
-    # view, and every view of a view, the flat vector itself as its base, so
-    # the flat vector's reference count says whether one is alive.
+    # class, and for as long as any view of the parameters exists outside this
+    # object. NumPy gives every view, and every view of a view, the flat vector
+    # itself as its base, so the flat vector's reference count says whether
+    # one is alive.
     def _init_weight_cache(self) -> None:
         self._version = 0
         self._cache: dict[Any, Any] = {}
