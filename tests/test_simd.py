@@ -206,6 +206,30 @@ def test_input_term_gives_the_same_bits_fused_or_separate(simd_level, monkeypatc
         assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("simd_level", AVAILABLE[1:])  # the portable path's BLAS blocks by batch
+@pytest.mark.parametrize("hidden_size", [37, 40])
+def test_a_sequence_gets_the_same_bits_alone_or_in_any_batch(simd_level, hidden_size,
+                                                             monkeypatch):
+    """A row's sums do not depend on the register tile it falls in (one row,
+    two, ..., a full tile), on whether its input term is fused, nor on the
+    steps at which other rows end."""
+    monkeypatch.setenv("PYLSTM_SIMD", simd_level)
+    rng = np.random.default_rng(5)
+    lstm = pylstm.LSTM(6, hidden_size, 2, random_state=0)
+    x = rng.standard_normal((14, 11, 6)).astype(np.float32)
+    alone, (h_alone, c_alone) = lstm(x[:1])
+    for batch in (2, 3, 4, 5, 7, 8, 13, 14):
+        lengths = np.r_[11, rng.integers(1, 12, size=batch - 1)]
+        for kwargs in ({}, {"lengths": lengths}):
+            out, (h_n, c_n) = lstm(x[:batch], **kwargs)
+            assert np.array_equal(out[0], alone[0]), (batch, kwargs)
+            assert np.array_equal(h_n[:, 0], h_alone[:, 0]) and np.array_equal(c_n[:, 0], c_alone[:, 0])
+    state = lstm.initial_state(14)
+    for t in range(x.shape[1]):  # step() on the whole batch
+        y, state = lstm.step(x[:, t], state)
+        assert np.array_equal(y[0], alone[0, t])
+
+
 def test_simd_levels_agree_on_a_long_sequence(monkeypatch):
     """Errors must not grow over many steps: all levels agree with float64 to ~1e-5."""
     rng = np.random.default_rng(0)
