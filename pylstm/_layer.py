@@ -492,8 +492,9 @@ class LSTM:
         for layer in range(self.num_layers):
             width = self._layer_input_size(layer)
             fuse_input = self._fuses_input(level, batch, width)
-            # every step of every sequence is written unless lengths end some early
-            out = (np.empty if packing.identity else np.zeros)((batch, time, D * P), self.dtype)
+            out = np.empty((batch, time, D * P), self.dtype)
+            if not packing.identity:  # the kernel writes live steps only
+                _kernel.zero_past_ends(out, packing.lengths)
             if train:
                 packed_x = _empty((n_rows, width), self.dtype)
                 _kernel.gather_inputs(layer_input, packing.perm, packing.batch_sizes, packed_x)

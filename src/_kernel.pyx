@@ -33,7 +33,7 @@ from cython cimport floating
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.sequence cimport PySequence_GetItem
 from cpython.pyport cimport PY_SSIZE_T_MAX
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 from _activations cimport sigmoid, tanh_
 from libc.stdlib cimport free, malloc
@@ -807,6 +807,16 @@ def gather_inputs(const floating[:, :, ::1] x, const Py_ssize_t[::1] perm,
     with nogil:
         _gather_inputs(&x[0, 0, 0], x.shape[1], x.shape[2], &perm[0],
                        &batch_sizes[0], 0, x.shape[1], &packed[0, 0])
+
+
+def zero_past_ends(floating[:, :, ::1] out, const Py_ssize_t[::1] lengths):
+    """out[b, lengths[b]:] = 0 for each sequence b: its steps past its end."""
+    cdef Py_ssize_t T = out.shape[1]
+    cdef Py_ssize_t W = out.shape[2]
+    cdef Py_ssize_t b
+    with nogil:
+        for b in range(out.shape[0]):
+            memset(&out[b, 0, 0] + lengths[b] * W, 0, (T - lengths[b]) * W * sizeof(floating))
 
 
 def scatter_inputs(const floating[:, ::1] packed, const Py_ssize_t[::1] perm,
