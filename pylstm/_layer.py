@@ -470,8 +470,10 @@ class LSTM:
         packing = _Packing.build(batch, time, check_lengths(lengths, batch, time))
         H, P, D = self.hidden_size, self.output_size, self.num_directions
         n_rows = packing.n_rows
-        h_n = np.empty_like(h0)
-        c_n = np.empty_like(c0)
+        if packing.identity:  # each direction's state is carried in place, in h_n and c_n
+            h_n, c_n = (h0, c0) if state is None else (h0.copy(), c0.copy())
+        else:
+            h_n, c_n = np.empty_like(h0), np.empty_like(c0)
         level = _kernel.simd_level()
         # backward differentiates this pass, so it keeps the parameters it used:
         # an optimizer (or anything) may write to them before backward runs
@@ -508,7 +510,7 @@ class LSTM:
                     lambda: self._kernel_weights(layer, direction, level, fuse_input,
                                                  products=True))
                 if packing.identity:
-                    hidden, cell = h0[index].copy(), c0[index].copy()
+                    hidden, cell = h_n[index], c_n[index]
                 else:
                     hidden, cell = h0[index][packing.perm], c0[index][packing.perm]
                 if train:
@@ -527,9 +529,7 @@ class LSTM:
                     w_ih, w_hh, bias, w_hr, panels, packed_weights, level, fuse_input, hidden,
                     cell, out, direction * P, bool(direction), chunk_steps, packed_x, train, gates,
                     cell_out, hidden_scratch, hidden_prev, cell_prev, tanh_cell)
-                if packing.identity:
-                    h_n[index], c_n[index] = hidden, cell
-                else:
+                if not packing.identity:
                     h_n[index][packing.perm], c_n[index][packing.perm] = hidden, cell
             if train and self.dropout and layer < self.num_layers - 1:
                 generator = rng if rng is not None else self._rng
