@@ -601,9 +601,10 @@ def test_inputs_are_not_modified(rng):
     arrays = {"x": inputs["x"], "h0": inputs["state"][0], "c0": inputs["state"][1], "lengths": inputs["lengths"],
               "grad_out": inputs["grad_out"], "dh_n": inputs["grad_state"][0], "dc_n": inputs["grad_state"][1]}
     copies = {name: array.copy() for name, array in arrays.items()}
-    lstm(inputs["x"], state=inputs["state"], lengths=inputs["lengths"])
-    _, _, cache = lstm.forward_train(inputs["x"], state=inputs["state"], lengths=inputs["lengths"])
-    lstm.backward(cache, inputs["grad_out"], inputs["grad_state"])
+    for lengths in (inputs["lengths"], None):  # without lengths the state is carried in place
+        lstm(inputs["x"], state=inputs["state"], lengths=lengths)
+        _, _, cache = lstm.forward_train(inputs["x"], state=inputs["state"], lengths=lengths)
+        lstm.backward(cache, inputs["grad_out"], inputs["grad_state"])
     for name, array in arrays.items():
         np.testing.assert_array_equal(array, copies[name], err_msg=f"{name} was modified")
 
