@@ -223,7 +223,8 @@ def test_a_sequence_gets_the_same_bits_alone_or_in_any_batch(simd_level, hidden_
         for kwargs in ({}, {"lengths": lengths}):
             out, (h_n, c_n) = lstm(x[:batch], **kwargs)
             assert np.array_equal(out[0], alone[0]), (batch, kwargs)
-            assert np.array_equal(h_n[:, 0], h_alone[:, 0]) and np.array_equal(c_n[:, 0], c_alone[:, 0])
+            assert np.array_equal(h_n[:, 0], h_alone[:, 0])
+            assert np.array_equal(c_n[:, 0], c_alone[:, 0])
     state = lstm.initial_state(14)
     for t in range(x.shape[1]):  # step() on the whole batch
         y, state = lstm.step(x[:, t], state)
