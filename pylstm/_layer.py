@@ -672,7 +672,9 @@ class LSTM:
                     grad_params[f"bias_hh_{suffix}"][:] = d_bias
                 dh0[index][packing.perm] = d_hidden
                 dc0[index][packing.perm] = d_cell
-            d_input = np.zeros((batch, time, packed_x.shape[1]), self.dtype)
+            d_input = np.empty((batch, time, packed_x.shape[1]), self.dtype)
+            if not packing.identity:  # the scatter writes live steps only
+                _kernel.zero_past_ends(d_input, packing.lengths)
             _kernel.scatter_inputs(d_packed_x, packing.perm, packing.batch_sizes, d_input)
             if layer > 0 and cache.dropout_masks:
                 d_input *= cache.dropout_masks[layer - 1]
