@@ -446,6 +446,16 @@ class LSTM:
         Extra memory is O(batch * hidden_size) per layer, independent of time
         (plus one (batch, time, D * P) buffer between stacked layers).
         """
+        if lengths is None:
+            # Arrays the kernel can read as they are go straight to it; anything
+            # else is converted and checked by the general path below.
+            plan = self._cached("sequence plan")
+            if plan is None or plan.stale:
+                plan = self._prepared("sequence plan", self._sequence_plan,
+                                      rebuild=plan is not None)
+            result = plan.forward(x, state, self._sequence_weights)
+            if result is not None:
+                return result
         out, state_n, _ = self._forward(x, state, lengths, train=False, rng=None)
         return out, state_n
 
@@ -505,10 +515,8 @@ class LSTM:
                 packed_x = packed[:rows * width].reshape(rows, width)
             for direction in range(D):
                 index = layer * D + direction
-                w_ih, w_hh, bias, w_hr, panels, packed_weights = self._prepared(
-                    ("sequence", layer, direction, level, fuse_input),
-                    lambda: self._kernel_weights(layer, direction, level, fuse_input,
-                                                 products=True))
+                w_ih, w_hh, bias, w_hr, panels, packed_weights = self._sequence_weights(
+                    layer, direction, fuse_input, level)
                 if packing.identity:
                     hidden, cell = h_n[index], c_n[index]
                 else:
@@ -540,9 +548,28 @@ class LSTM:
             layer_input = out
         return layer_input, (h_n, c_n), cache
 
+    def _sequence_weights(self, layer: int, direction: int, fuse_input: bool, level: int):
+        """(w_ih, w_hh, bias, w_hr, panels, packed) of one layer direction for the sequence kernel, cached."""
+        return self._prepared(
+            ("sequence", layer, direction, level, fuse_input),
+            lambda: self._kernel_weights(layer, direction, level, fuse_input, products=True))
+
+    def _sequence_plan(self) -> "_kernel.SequencePlan":
+        """The inference fast path's plan at the SIMD level in force now; weights are added as needed."""
+        level = _kernel.simd_level()
+        fuse_from = [self._fuse_from_batch(level, self._layer_input_size(layer))
+                     for layer in range(self.num_layers)]
+        return _kernel.SequencePlan(self.num_layers, self.num_directions, self.input_size,
+                                    self.hidden_size, self.output_size, level, self.dtype,
+                                    fuse_from, _CHUNK_ROWS, _MIN_CHUNK_STEPS)
+
     def _fuses_input(self, level: int, batch: int, input_size: int) -> bool:
-        """Whether the SIMD step computes a layer's input term itself rather than
-        one GEMM over a chunk of steps first.
+        """Whether the SIMD step computes a layer's input term itself; see :meth:`_fuse_from_batch`."""
+        return batch >= self._fuse_from_batch(level, input_size)
+
+    def _fuse_from_batch(self, level: int, input_size: int) -> int:
+        """The smallest batch whose SIMD step computes a layer's input term itself
+        rather than one GEMM over a chunk of steps first (sys.maxsize: never).
 
         Fused, the step streams w_ih's panels with w_hh's at every step for a
         batch's rows, and saves the gate buffer's round trip. Measured at 1
@@ -558,14 +585,14 @@ class LSTM:
           I = 512 (T = 50) 21.9 / 16.6 at B = 8, 52.6 / 51.2 at B = 32, 94.3 /
           98.2 at B = 64, 181 / 191 at B = 128 (`large`).
         """
-        if level == 0 or self.dtype != np.float32 or batch < _FUSE_MIN_BATCH:
-            return False
+        if level == 0 or self.dtype != np.float32:
+            return sys.maxsize
         recurrent = 16 * self.hidden_size * self.output_size  # bytes of 4H x P floats
         if recurrent + 16 * self.hidden_size * input_size <= _L2_BUDGET:
-            return True
+            return _FUSE_MIN_BATCH
         if recurrent <= _L2_BUDGET:  # fused, w_hh's panels would leave L2 with w_ih's
-            return False
-        return 2 * input_size <= self.output_size or batch >= _FUSE_MIN_BATCH_FROM_L3
+            return sys.maxsize
+        return _FUSE_MIN_BATCH if 2 * input_size <= self.output_size else _FUSE_MIN_BATCH_FROM_L3
 
     def _kernel_weights(self, layer: int, direction: int, level: int, fuse_input: bool,
                         products: bool = False):

@@ -43,7 +43,7 @@ import numpy as np
 
 cnp.import_array()
 
-from _blas cimport (CACHE_LINE, BlasTranspose, NoTrans, Trans, gemm, matmul, pack_operand,
+from _blas cimport (CACHE_LINE, BlasTranspose, NoTrans, Trans, aligned_malloc, gemm, matmul, pack_operand,
                    pack_operand_into, pylstm_packed_b_size, transposed)
 
 
@@ -1046,3 +1046,243 @@ cdef class StepPlan:
             free(gates)
             free(cell_out)
         return status
+
+
+# ---------------------------------------------------------------------------
+# Whole sequences without lengths, for inference calls
+# ---------------------------------------------------------------------------
+
+cdef struct _DirectionWeights:
+    const void *w_ih        # (4H, I_k)
+    const void *w_hh        # (4H, P)
+    const void *bias        # (4H,) = b_ih + b_hh
+    const void *w_hr        # (P, H) or NULL
+    const float *panels     # pack_weights at the plan's level, or NULL
+    const void *packed[3]   # pack_products: w_ih.T, w_hh.T, w_hr.T, each or NULL
+    bint ready
+
+
+cdef class SequencePlan:
+    """Every layer direction's weights as ``direction_forward`` takes them, with their addresses.
+
+    The sequence call's fast path, as StepPlan is step()'s: the general path
+    spends ~10 us of Python per call (checks, packing tables, ~20 buffer
+    acquisitions per direction) before the kernel runs, a third of a
+    10-step call. Weights are added lazily, through the ``build`` callback of
+    ``forward``, once per (layer, direction, fused input) that the batch sizes
+    seen need. The arrays must not be resized while the plan lives.
+    """
+    cdef readonly int level, num_layers, num_directions, input_size, hidden_size, output_size
+    cdef int _typenum
+    cdef Py_ssize_t _max_batch   # keeps 4H * B in a C int, as check_blas_size does
+    cdef Py_ssize_t _chunk_rows, _min_chunk_steps
+    cdef Py_ssize_t *_fuse_from  # (L,) the batch size from which a layer fuses its input
+    cdef _DirectionWeights *_weights   # (L * D * 2,) [(layer * D + direction) * 2 + fused]
+    cdef list _kept              # the arrays behind _weights' addresses
+
+    def __cinit__(self, int num_layers, int num_directions, int input_size, int hidden_size,
+                  int output_size, int level, dtype, list fuse_from, Py_ssize_t chunk_rows,
+                  Py_ssize_t min_chunk_steps):
+        """fuse_from: per layer, the smallest batch whose step fuses the input term."""
+        self.level = level
+        self.num_layers = num_layers
+        self.num_directions = num_directions
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.output_size = output_size
+        self._typenum = cnp.NPY_FLOAT32 if dtype == np.float32 else cnp.NPY_FLOAT64
+        self._max_batch = INT_MAX // (4 * hidden_size)
+        self._chunk_rows = chunk_rows
+        self._min_chunk_steps = min_chunk_steps
+        self._kept = []
+        self._fuse_from = <Py_ssize_t *> PyMem_Malloc(num_layers * sizeof(Py_ssize_t))
+        self._weights = <_DirectionWeights *> PyMem_Malloc(
+            2 * num_layers * num_directions * sizeof(_DirectionWeights))
+        if self._fuse_from == NULL or self._weights == NULL:
+            raise MemoryError()
+        memset(self._weights, 0, 2 * num_layers * num_directions * sizeof(_DirectionWeights))
+        for layer in range(num_layers):
+            self._fuse_from[layer] = fuse_from[layer]
+
+    def __dealloc__(self):
+        PyMem_Free(self._fuse_from)
+        PyMem_Free(self._weights)
+
+    @property
+    def stale(self):
+        """True when PYLSTM_SIMD now asks for another level than the plan was built for."""
+        return self.level != pylstm_simd_level()
+
+    cdef _add(self, Py_ssize_t index, tuple weights):
+        """Keep one layer direction's (w_ih, w_hh, bias, w_hr, panels, packed) at ``index``."""
+        if self._weights[index].ready:  # another thread added it while this one built it
+            return
+        w_ih, w_hh, bias, w_hr, panels, packed = weights
+        cdef _DirectionWeights entry
+        entry.w_ih = <const void *> _address(w_ih)
+        entry.w_hh = <const void *> _address(w_hh)
+        entry.bias = <const void *> _address(bias)
+        entry.w_hr = <const void *> _address(w_hr)
+        entry.panels = <const float *> _address(panels)
+        cdef int k
+        for k in range(3):
+            entry.packed[k] = <const void *> _address(packed[k])
+        entry.ready = True
+        self._kept.append(weights)
+        # set whole, with the GIL held: another thread sees no entry or all of this one
+        self._weights[index] = entry
+
+    def forward(self, x, state, build):
+        """``(out, (h_n, c_n))`` as ``LSTM.__call__`` without lengths, or None, having done nothing.
+
+        None unless the plan is not stale and ``x`` (B, T, I) and, if not None,
+        ``state = (h0, c0)`` ((L * D, B, P), (L * D, B, H)) are exact ndarrays of
+        the plan's dtype, native byte order, C-contiguous, aligned and finite:
+        the caller then takes the general path, which converts them or
+        rejects them with a clear error. ``build(layer, direction, fused,
+        level)`` returns a layer direction's weights the first time a batch
+        size needs them. New arrays are returned; the inputs are not modified.
+        """
+        if self.level != pylstm_simd_level() or not _ready(x, self._typenum, 3):
+            return None
+        cdef const cnp.npy_intp *x_dims = cnp.PyArray_DIMS(<cnp.ndarray> x)
+        cdef Py_ssize_t B = x_dims[0], T = x_dims[1]
+        if B < 1 or T < 1 or x_dims[2] != self.input_size or B > self._max_batch \
+                or T > INT_MAX // B:
+            return None
+        cdef Py_ssize_t L = self.num_layers, D = self.num_directions
+        cdef Py_ssize_t H = self.hidden_size, P = self.output_size
+        cdef cnp.npy_intp h_dims[3]
+        cdef cnp.npy_intp c_dims[3]
+        h_dims[0] = c_dims[0] = L * D
+        h_dims[1] = c_dims[1] = B
+        h_dims[2] = P
+        c_dims[2] = H
+        h0 = c0 = None
+        if state is not None:
+            if type(state) is not tuple or len(<tuple> state) != 2:
+                return None
+            h0, c0 = <tuple> state
+            if not (_ready(h0, self._typenum, 3) and _ready(c0, self._typenum, 3)
+                    and _same_shape(h0, h_dims) and _same_shape(c0, c_dims)):
+                return None
+        cdef bint finite
+        if self._typenum == cnp.NPY_FLOAT32:
+            finite = self._all_finite(<const float *> cnp.PyArray_DATA(x), h0, c0, B * T * self.input_size)
+        else:
+            finite = self._all_finite(<const double *> cnp.PyArray_DATA(x), h0, c0, B * T * self.input_size)
+        if not finite:
+            return None
+        cdef Py_ssize_t layer, direction, index
+        for layer in range(L):
+            for direction in range(D):
+                index = 2 * (layer * D + direction) + (B >= self._fuse_from[layer])
+                if not self._weights[index].ready:
+                    self._add(index, build(layer, direction, B >= self._fuse_from[layer], self.level))
+        if state is None:  # the kernel carries each direction's state in place, here
+            h_n = cnp.PyArray_ZEROS(3, h_dims, self._typenum, 0)
+            c_n = cnp.PyArray_ZEROS(3, c_dims, self._typenum, 0)
+        else:
+            h_n = cnp.PyArray_NewCopy(<cnp.ndarray> h0, cnp.NPY_CORDER)
+            c_n = cnp.PyArray_NewCopy(<cnp.ndarray> c0, cnp.NPY_CORDER)
+        if self._typenum == cnp.NPY_FLOAT32:
+            out = self._run(<float *> NULL, x, h_n, c_n)
+        else:
+            out = self._run(<double *> NULL, x, h_n, c_n)
+        return out, (h_n, c_n)
+
+    cdef bint _all_finite(self, const floating *x, h0, c0, Py_ssize_t n_x):
+        """x, and the state when given, hold no NaN or infinity."""
+        cdef bint finite
+        cdef const floating *h = NULL
+        cdef const floating *c = NULL
+        cdef Py_ssize_t n_h = 0, n_c = 0
+        if h0 is not None:
+            h = <const floating *> cnp.PyArray_DATA(<cnp.ndarray> h0)
+            c = <const floating *> cnp.PyArray_DATA(<cnp.ndarray> c0)
+            n_h = cnp.PyArray_SIZE(<cnp.ndarray> h0)
+            n_c = cnp.PyArray_SIZE(<cnp.ndarray> c0)
+        with nogil:
+            finite = _finite(x, n_x) and (h == NULL or (_finite(h, n_h) and _finite(c, n_c)))
+        return finite
+
+    cdef object _run(self, floating *typed, x, h_n, c_n):
+        """Run every layer direction; returns the top layer's output (B, T, D * P)."""
+        cdef const cnp.npy_intp *x_dims = cnp.PyArray_DIMS(<cnp.ndarray> x)
+        cdef Py_ssize_t B = x_dims[0], T = x_dims[1], I = self.input_size
+        cdef Py_ssize_t L = self.num_layers, D = self.num_directions
+        cdef Py_ssize_t H = self.hidden_size, P = self.output_size
+        cdef bint projects = P != H
+        # The general path's chunking: memory independent of T.
+        cdef Py_ssize_t chunk_steps = min(T, max(self._min_chunk_steps, self._chunk_rows // B))
+        cdef Py_ssize_t rows = chunk_steps * B
+        cdef Py_ssize_t widest = max(I, D * P)
+        # workspaces: gates (rows, 4H), packed inputs (rows, widest), h scratch
+        # (B, P), o * tanh(c) (B, H) when projecting; the identity packing
+        cdef floating *gates = <floating *> aligned_malloc(rows * 4 * H * sizeof(floating))
+        cdef floating *packed_x = <floating *> aligned_malloc(rows * widest * sizeof(floating))
+        cdef floating *scratch = <floating *> aligned_malloc(B * P * sizeof(floating))
+        cdef floating *cell_out = <floating *> aligned_malloc(B * H * sizeof(floating)) \
+            if projects else NULL
+        cdef Py_ssize_t *perm = <Py_ssize_t *> malloc((B + 2 * T + 1) * sizeof(Py_ssize_t))
+        cdef Py_ssize_t *batch_sizes = perm + B
+        cdef Py_ssize_t *offsets = perm + B + T
+        cdef cnp.npy_intp out_dims[3]
+        out_dims[0] = B
+        out_dims[1] = T
+        out_dims[2] = D * P
+        cdef Py_ssize_t layer, direction, index, t, width
+        cdef int status = 0, k, level
+        cdef bint fused
+        cdef floating *out_data
+        cdef const floating *packed[3]
+        cdef const floating *layer_in
+        cdef _DirectionWeights *weights
+        cdef floating *hidden = <floating *> cnp.PyArray_DATA(<cnp.ndarray> h_n)
+        cdef floating *cell = <floating *> cnp.PyArray_DATA(<cnp.ndarray> c_n)
+        try:
+            if gates == NULL or packed_x == NULL or scratch == NULL or perm == NULL \
+                    or (projects and cell_out == NULL):
+                raise MemoryError()
+            for t in range(B):
+                perm[t] = t
+            for t in range(T):
+                batch_sizes[t] = B
+            for t in range(T + 1):
+                offsets[t] = t * B
+            layer_input = x
+            for layer in range(L):
+                width = I if layer == 0 else D * P
+                out = cnp.PyArray_EMPTY(3, out_dims, self._typenum, 0)
+                layer_in = <const floating *> cnp.PyArray_DATA(<cnp.ndarray> layer_input)
+                out_data = <floating *> cnp.PyArray_DATA(<cnp.ndarray> out)
+                fused = B >= self._fuse_from[layer]
+                with nogil:
+                    for direction in range(D):
+                        index = layer * D + direction
+                        weights = &self._weights[2 * index + fused]
+                        for k in range(3):
+                            packed[k] = <const floating *> weights.packed[k]
+                        # as direction_forward: the float32 SIMD step needs its panels
+                        level = self.level if floating is double or weights.panels != NULL \
+                            else PYLSTM_PORTABLE
+                        status = _direction_forward(
+                            B, T, width, H, P, direction == 1, chunk_steps, level, fused,
+                            layer_in, perm, batch_sizes, offsets,
+                            <const floating *> weights.w_ih, <const floating *> weights.w_hh,
+                            <const floating *> weights.bias, <const floating *> weights.w_hr,
+                            weights.panels, packed, hidden + index * B * P, cell + index * B * H,
+                            out_data, D * P, direction * P,
+                            packed_x, False, gates, cell_out, scratch, NULL, NULL, NULL)
+                        if status != 0:
+                            break
+                if status != 0:
+                    raise MemoryError("out of memory packing the LSTM weights")
+                layer_input = out
+            return layer_input
+        finally:
+            free(gates)
+            free(packed_x)
+            free(scratch)
+            free(cell_out)
+            free(perm)

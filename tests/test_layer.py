@@ -363,6 +363,90 @@ def test_step_gives_the_same_result_on_and_off_the_fast_path(variant, dtype, rng
     np.testing.assert_array_equal(h_new, expected_h)
     np.testing.assert_array_equal(c_new, expected_c)
 
+
+def _general_path(lstm, x, state=None):
+    """``lstm(x, state)`` through the general path, which the sequence fast path must match."""
+    out, state_n, _ = lstm._forward(x, state, None, train=False, rng=None)
+    return out, state_n
+
+
+def _assert_same_call(got, want):
+    out, (h_n, c_n) = got
+    np.testing.assert_array_equal(out, want[0])
+    np.testing.assert_array_equal(h_n, want[1][0])
+    np.testing.assert_array_equal(c_n, want[1][1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
+@pytest.mark.parametrize("structure", ["L1-uni-proj0", "L2-bi-proj0", "L2-uni-proj2", "L3-bi-proj2"])
+def test_sequence_calls_give_the_same_bits_on_and_off_the_fast_path(structure, dtype, rng, monkeypatch):
+    # A sequence call without lengths hands exact arrays straight to the
+    # kernel (SequencePlan); everything else takes the general path. Batches
+    # of 1, 5 and 40 use both input-term variants (fused from 4 rows at a
+    # SIMD level), added to one plan in turn; 24 and 40 rows make chunks of
+    # 3 and 2 steps here, so calls of 7 steps span several.
+    monkeypatch.setattr(pylstm._layer, "_CHUNK_ROWS", 80)
+    monkeypatch.setattr(pylstm._layer, "_MIN_CHUNK_STEPS", 2)
+    num_layers, bidirectional, proj_size = STRUCTURES[structure]
+    lstm = make_layer(num_layers, bidirectional, proj_size, dtype, input_size=6, hidden_size=20,
+                      random_state=int(rng.integers(2**31)))
+    for batch, steps, with_state in [(1, 1, False), (5, 7, True), (1, 7, True), (40, 7, False),
+                                     (24, 7, True), (5, 2, False)]:
+        inputs = random_inputs(lstm, batch, steps, rng, state=with_state)
+        x, state = inputs["x"], inputs["state"]
+        plan = lstm._prepared("sequence plan", lstm._sequence_plan)
+        fast = plan.forward(x, state, lstm._sequence_weights)
+        assert fast is not None, (batch, steps)
+        want = _general_path(lstm, x, state)
+        _assert_same_call(fast, want)
+        _assert_same_call(lstm(x, state), want)
+        expected = oracle(lstm, inputs)
+        assert_close(fast[0], expected["out"], TOLERANCE[dtype], f"out, batch {batch}")
+
+
+@pytest.mark.parametrize("variant", ["fortran", "byteswapped", "strided", "list", "state_list",
+                                     "other_dtype", "readonly", "state_shape", "x_nan", "state_inf"])
+def test_sequence_fast_path_declines_what_the_kernel_cannot_read_as_is(variant, rng):
+    lstm = make_layer(2, True, 0, np.float32, random_state=9)
+    inputs = random_inputs(lstm, 3, 5, rng)
+    x, (h, c) = inputs["x"], inputs["state"]
+    want = _general_path(lstm, x, (h, c))
+    state = (h, c)
+    readable = False
+    if variant == "fortran":
+        x = np.asfortranarray(x)
+    elif variant == "byteswapped":
+        state = (h, c.astype(c.dtype.newbyteorder()))
+    elif variant == "strided":
+        x = np.repeat(x, 2, axis=2)[:, :, ::2]
+    elif variant == "list":
+        x = x.tolist()
+    elif variant == "state_list":
+        state = [h, c]
+    elif variant == "other_dtype":
+        x = x.astype(np.float64)
+    elif variant == "readonly":  # read as it is: the kernel only reads x and the state
+        x.flags.writeable = False
+        h.flags.writeable = False
+        readable = True
+    elif variant == "state_shape":
+        state = (h[:, :2], c[:, :2])
+    elif variant in ("x_nan", "state_inf"):
+        (x if variant == "x_nan" else c)[0, 0, -1] = np.nan if variant == "x_nan" else np.inf
+    plan = lstm._prepared("sequence plan", lstm._sequence_plan)
+    taken = plan.forward(x, state, lstm._sequence_weights)
+    assert (taken is not None) == readable
+    if variant in ("x_nan", "state_inf"):
+        with pytest.raises(ValueError, match="x must be finite" if variant == "x_nan"
+                           else "state must be finite"):
+            lstm(x, state)
+    elif variant == "state_shape":
+        with pytest.raises(ValueError, match="state h must have shape"):
+            lstm(x, state)
+    else:
+        _assert_same_call(lstm(x, state), want)
+
+
 # --------------------------------------------------------------------------
 # Attributes and parameters
 # --------------------------------------------------------------------------

@@ -262,6 +262,19 @@ def test_step_follows_a_level_change_between_calls(monkeypatch):
         assert_close(y, want[:, t], 1e-5)
 
 
+def test_sequence_calls_follow_a_level_change_between_calls(monkeypatch):
+    """The sequence fast path's plan is built for one level; PYLSTM_SIMD set between calls still takes effect."""
+    rng = np.random.default_rng(2)
+    lstm = pylstm.LSTM(5, 20, num_layers=2, bidirectional=True, random_state=0)
+    x = rng.standard_normal((6, 4, 5)).astype(np.float32)
+    for name in AVAILABLE + AVAILABLE[::-1]:
+        monkeypatch.setenv("PYLSTM_SIMD", name)
+        out, (h_n, c_n) = lstm(x)
+        assert lstm._prepared("sequence plan", None).level == LEVELS[name]
+        want, (want_h, want_c), _ = lstm._forward(x, None, None, train=False, rng=None)
+        assert np.array_equal(out, want) and np.array_equal(h_n, want_h) and np.array_equal(c_n, want_c)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("m, n, k", [(1, 1, 1), (7, 65, 3), (13, 64, 1030), (6, 130, 2049),
                                      (25, 17, 9), (9, 8, 300), (13, 40, 70), (8, 24, 1100)])
