@@ -252,6 +252,10 @@ class LSTM:
         """Size of a hidden state, P: ``proj_size`` if set, else ``hidden_size``."""
         return self.proj_size or self.hidden_size
 
+    def _widest_input(self) -> int:
+        """The largest input size of any layer (D * P only feeds layers above the first)."""
+        return max(self._layer_input_size(layer) for layer in range(self.num_layers))
+
     def _layer_input_size(self, layer: int) -> int:
         return self.input_size if layer == 0 else self.num_directions * self.output_size
 
@@ -497,7 +501,7 @@ class LSTM:
             chunk_steps = min(time, max(_MIN_CHUNK_STEPS, _CHUNK_ROWS // batch))
             rows = chunk_steps * batch
             gates = _empty((rows, 4 * H), self.dtype)
-            packed = _empty(rows * max(self.input_size, D * P), self.dtype)
+            packed = _empty(rows * self._widest_input(), self.dtype)
             hidden_scratch = _empty((batch, P), self.dtype)
         cell_out = _empty((batch, H), self.dtype) if self.proj_size else None
         layer_input = x
@@ -560,8 +564,8 @@ class LSTM:
         fuse_from = [self._fuse_from_batch(level, self._layer_input_size(layer))
                      for layer in range(self.num_layers)]
         return _kernel.SequencePlan(self.num_layers, self.num_directions, self.input_size,
-                                    self.hidden_size, self.output_size, level, self.dtype,
-                                    fuse_from, _CHUNK_ROWS, _MIN_CHUNK_STEPS)
+                                    self.hidden_size, self.output_size, self._widest_input(),
+                                    level, self.dtype, fuse_from, _CHUNK_ROWS, _MIN_CHUNK_STEPS)
 
     def _fuses_input(self, level: int, batch: int, input_size: int) -> bool:
         """Whether the SIMD step computes a layer's input term itself; see :meth:`_fuse_from_batch`."""

@@ -888,7 +888,26 @@ cdef size_t _address(object array):
     return 0 if array is None else array.__array_interface__["data"][0]
 
 
-cdef class StepPlan:
+cdef class _Plan:
+    """What the fast paths' plans share: the layer's sizes, dtype and SIMD level."""
+    cdef readonly int level, num_layers, input_size, hidden_size, output_size
+    cdef readonly object dtype
+    cdef int _typenum
+    cdef Py_ssize_t _max_batch   # keeps 4H * B, and every size the kernel computes, in a C int
+
+    cdef _init_sizes(self, int num_layers, int input_size, int hidden_size, int output_size,
+                     int level, dtype):
+        self.level = level
+        self.num_layers = num_layers
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.output_size = output_size
+        self.dtype = dtype
+        self._typenum = cnp.NPY_FLOAT32 if dtype == np.float32 else cnp.NPY_FLOAT64
+        self._max_batch = INT_MAX // (4 * hidden_size)
+
+
+cdef class StepPlan(_Plan):
     """Weights of every layer of a unidirectional LSTM, ready for ``run``.
 
     Keeps the arrays alive and their addresses, so a streaming step acquires
@@ -896,24 +915,13 @@ cdef class StepPlan:
     (float32 at a SIMD level) or the plain weights for the BLAS path, and the
     summed bias b_ih + b_hh. The arrays must not be resized while the plan lives.
     """
-    cdef readonly int level, num_layers, input_size, hidden_size, output_size
-    cdef readonly object dtype
     cdef list _layers
     cdef _LayerWeights *_weights
-    cdef int _typenum
-    cdef Py_ssize_t _max_batch   # keeps every size the kernel computes in a C int
 
     def __cinit__(self, list layers, int input_size, int hidden_size, int output_size,
                   int level, dtype):
         """layers: per layer a tuple (w_ih, w_hh, bias, w_hr or None, panels or None)."""
-        self.level = level
-        self.num_layers = len(layers)
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.output_size = output_size
-        self.dtype = dtype
-        self._typenum = cnp.NPY_FLOAT32 if dtype == np.float32 else cnp.NPY_FLOAT64
-        self._max_batch = INT_MAX // (4 * hidden_size)
+        self._init_sizes(len(layers), input_size, hidden_size, output_size, level, dtype)
         self._layers = layers
         self._weights = <_LayerWeights *> PyMem_Malloc(len(layers) * sizeof(_LayerWeights))
         if self._weights == NULL:
@@ -1062,7 +1070,31 @@ cdef struct _DirectionWeights:
     bint ready
 
 
-cdef class SequencePlan:
+cdef extern from "Python.h":
+    int PyTraceMalloc_Track(unsigned int domain, size_t ptr, size_t size)
+    int PyTraceMalloc_Untrack(unsigned int domain, size_t ptr)
+
+# tracemalloc counts the workspaces a call mallocs, as it counts NumPy's arrays
+# (which report themselves in domain 389047): a memory profile must see them.
+cdef enum:
+    TRACE_DOMAIN = 0x70796c73   # "pyls"
+
+
+cdef void *_traced_malloc(size_t size):
+    """aligned_malloc, reported to tracemalloc (release with _traced_free); NULL when out of memory."""
+    cdef void *p = aligned_malloc(size)
+    if p != NULL:
+        PyTraceMalloc_Track(TRACE_DOMAIN, <size_t> p, size)
+    return p
+
+
+cdef void _traced_free(void *p):
+    if p != NULL:
+        PyTraceMalloc_Untrack(TRACE_DOMAIN, <size_t> p)
+        free(p)
+
+
+cdef class SequencePlan(_Plan):
     """Every layer direction's weights as ``direction_forward`` takes them, with their addresses.
 
     The sequence call's fast path, as StepPlan is step()'s: the general path
@@ -1072,26 +1104,20 @@ cdef class SequencePlan:
     ``forward``, once per (layer, direction, fused input) that the batch sizes
     seen need. The arrays must not be resized while the plan lives.
     """
-    cdef readonly int level, num_layers, num_directions, input_size, hidden_size, output_size
-    cdef int _typenum
-    cdef Py_ssize_t _max_batch   # keeps 4H * B in a C int, as check_blas_size does
-    cdef Py_ssize_t _chunk_rows, _min_chunk_steps
+    cdef readonly int num_directions
+    cdef Py_ssize_t _widest_input, _chunk_rows, _min_chunk_steps
     cdef Py_ssize_t *_fuse_from  # (L,) the batch size from which a layer fuses its input
     cdef _DirectionWeights *_weights   # (L * D * 2,) [(layer * D + direction) * 2 + fused]
     cdef list _kept              # the arrays behind _weights' addresses
 
     def __cinit__(self, int num_layers, int num_directions, int input_size, int hidden_size,
-                  int output_size, int level, dtype, list fuse_from, Py_ssize_t chunk_rows,
-                  Py_ssize_t min_chunk_steps):
-        """fuse_from: per layer, the smallest batch whose step fuses the input term."""
-        self.level = level
-        self.num_layers = num_layers
+                  int output_size, int widest_input, int level, dtype, list fuse_from,
+                  Py_ssize_t chunk_rows, Py_ssize_t min_chunk_steps):
+        """widest_input: the largest layer input size; fuse_from: per layer, the smallest
+        batch whose step fuses the input term."""
+        self._init_sizes(num_layers, input_size, hidden_size, output_size, level, dtype)
         self.num_directions = num_directions
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.output_size = output_size
-        self._typenum = cnp.NPY_FLOAT32 if dtype == np.float32 else cnp.NPY_FLOAT64
-        self._max_batch = INT_MAX // (4 * hidden_size)
+        self._widest_input = widest_input
         self._chunk_rows = chunk_rows
         self._min_chunk_steps = min_chunk_steps
         self._kept = []
@@ -1216,15 +1242,15 @@ cdef class SequencePlan:
         # The general path's chunking: memory independent of T.
         cdef Py_ssize_t chunk_steps = min(T, max(self._min_chunk_steps, self._chunk_rows // B))
         cdef Py_ssize_t rows = chunk_steps * B
-        cdef Py_ssize_t widest = max(I, D * P)
+        cdef Py_ssize_t widest = self._widest_input
         # workspaces: gates (rows, 4H), packed inputs (rows, widest), h scratch
         # (B, P), o * tanh(c) (B, H) when projecting; the identity packing
-        cdef floating *gates = <floating *> aligned_malloc(rows * 4 * H * sizeof(floating))
-        cdef floating *packed_x = <floating *> aligned_malloc(rows * widest * sizeof(floating))
-        cdef floating *scratch = <floating *> aligned_malloc(B * P * sizeof(floating))
-        cdef floating *cell_out = <floating *> aligned_malloc(B * H * sizeof(floating)) \
+        cdef floating *gates = <floating *> _traced_malloc(rows * 4 * H * sizeof(floating))
+        cdef floating *packed_x = <floating *> _traced_malloc(rows * widest * sizeof(floating))
+        cdef floating *scratch = <floating *> _traced_malloc(B * P * sizeof(floating))
+        cdef floating *cell_out = <floating *> _traced_malloc(B * H * sizeof(floating)) \
             if projects else NULL
-        cdef Py_ssize_t *perm = <Py_ssize_t *> malloc((B + 2 * T + 1) * sizeof(Py_ssize_t))
+        cdef Py_ssize_t *perm = <Py_ssize_t *> _traced_malloc((B + 2 * T + 1) * sizeof(Py_ssize_t))
         cdef Py_ssize_t *batch_sizes = perm + B
         cdef Py_ssize_t *offsets = perm + B + T
         cdef cnp.npy_intp out_dims[3]
@@ -1281,8 +1307,8 @@ cdef class SequencePlan:
                 layer_input = out
             return layer_input
         finally:
-            free(gates)
-            free(packed_x)
-            free(scratch)
-            free(cell_out)
-            free(perm)
+            _traced_free(gates)
+            _traced_free(packed_x)
+            _traced_free(scratch)
+            _traced_free(cell_out)
+            _traced_free(perm)
