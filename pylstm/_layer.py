@@ -498,7 +498,7 @@ class LSTM:
             chunk_steps, rows = time, n_rows
             hidden_scratch = None
         else:
-            chunk_steps = min(time, max(_MIN_CHUNK_STEPS, _CHUNK_ROWS // batch))
+            chunk_steps = _kernel.inference_chunk_steps(time, batch, _CHUNK_ROWS, _MIN_CHUNK_STEPS)
             rows = chunk_steps * batch
             gates = _empty((rows, 4 * H), self.dtype)
             packed = _empty(rows * self._widest_input(), self.dtype)

@@ -1094,6 +1094,18 @@ cdef void _traced_free(void *p):
         free(p)
 
 
+cdef inline Py_ssize_t _chunk_steps(Py_ssize_t T, Py_ssize_t B, Py_ssize_t chunk_rows,
+                                    Py_ssize_t min_chunk_steps) noexcept nogil:
+    """min(T, max(min_chunk_steps, chunk_rows // B)): steps per chunk of an inference call."""
+    return min(T, max(min_chunk_steps, chunk_rows // B))
+
+
+def inference_chunk_steps(Py_ssize_t T, Py_ssize_t B, Py_ssize_t chunk_rows,
+                          Py_ssize_t min_chunk_steps):
+    """Steps per chunk of an inference call, for the general path (SequencePlan uses the same rule)."""
+    return _chunk_steps(T, B, chunk_rows, min_chunk_steps)
+
+
 cdef class SequencePlan(_Plan):
     """Every layer direction's weights as ``direction_forward`` takes them, with their addresses.
 
@@ -1137,6 +1149,9 @@ cdef class SequencePlan(_Plan):
     @property
     def stale(self):
         """True when PYLSTM_SIMD now asks for another level than the plan was built for."""
+        return self._stale()
+
+    cdef inline bint _stale(self):
         return self.level != pylstm_simd_level()
 
     cdef _add(self, Py_ssize_t index, tuple weights):
@@ -1169,7 +1184,7 @@ cdef class SequencePlan(_Plan):
         level)`` returns a layer direction's weights the first time a batch
         size needs them. New arrays are returned; the inputs are not modified.
         """
-        if self.level != pylstm_simd_level() or not _ready(x, self._typenum, 3):
+        if self._stale() or not _ready(x, self._typenum, 3):
             return None
         cdef const cnp.npy_intp *x_dims = cnp.PyArray_DIMS(<cnp.ndarray> x)
         cdef Py_ssize_t B = x_dims[0], T = x_dims[1]
@@ -1239,8 +1254,8 @@ cdef class SequencePlan(_Plan):
         cdef Py_ssize_t L = self.num_layers, D = self.num_directions
         cdef Py_ssize_t H = self.hidden_size, P = self.output_size
         cdef bint projects = P != H
-        # The general path's chunking: memory independent of T.
-        cdef Py_ssize_t chunk_steps = min(T, max(self._min_chunk_steps, self._chunk_rows // B))
+        # chunks of a fixed number of rows: memory independent of T
+        cdef Py_ssize_t chunk_steps = _chunk_steps(T, B, self._chunk_rows, self._min_chunk_steps)
         cdef Py_ssize_t rows = chunk_steps * B
         cdef Py_ssize_t widest = self._widest_input
         # workspaces: gates (rows, 4H), packed inputs (rows, widest), h scratch
