@@ -49,11 +49,10 @@ EFN(pylstm_cell_backward)(long H, long live, SCALAR *gates, const SCALAR *cell_p
     }
 }
 
-/* sums = a.sum(axis=0) for a row-major (rows, cols): each column summed in
+/* sums += a.sum(axis=0) for a row-major (rows, cols): each column summed in
  * row order (vectorised across columns, so the order does not change). */
 EATTR static void
-EFN(pylstm_row_sums)(const SCALAR *a, long rows, long cols, SCALAR *restrict sums) {
-    for (long k = 0; k < cols; ++k) sums[k] = 0;
+EFN(pylstm_add_row_sums)(const SCALAR *a, long rows, long cols, SCALAR *restrict sums) {
     for (long j = 0; j < rows; ++j) {
         const SCALAR *restrict row = a + j * cols;
         for (long k = 0; k < cols; ++k) sums[k] += row[k];

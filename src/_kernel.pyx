@@ -76,8 +76,8 @@ cdef extern from "_simd.h" nogil:
     void pylstm_cell_forward_f64(int level, long H, long live, double *gates, const double *bias,
                                  double *cell, double *cell_out, double *tanh_cell)
     void pylstm_activations_f64(int level, int which, const double *x, double *out, long n)
-    void pylstm_row_sums_f32(int level, const float *a, long rows, long cols, float *sums)
-    void pylstm_row_sums_f64(int level, const double *a, long rows, long cols, double *sums)
+    void pylstm_add_row_sums_f32(int level, const float *a, long rows, long cols, float *sums)
+    void pylstm_add_row_sums_f64(int level, const double *a, long rows, long cols, double *sums)
     void pylstm_set_num_threads(int n)
     int pylstm_get_num_threads()
     long pylstm_parts_taken_over()
@@ -188,13 +188,13 @@ cdef inline void _cell_backward(int level, Py_ssize_t H, Py_ssize_t live, floati
                                  d_cell, cell_out)
 
 
-cdef inline void _row_sums(int level, const floating *a, Py_ssize_t rows, Py_ssize_t cols,
-                           floating *sums) noexcept nogil:
-    """sums = a.sum(axis=0) for a row-major (rows, cols)."""
+cdef inline void _add_row_sums(int level, const floating *a, Py_ssize_t rows, Py_ssize_t cols,
+                               floating *sums) noexcept nogil:
+    """sums += a.sum(axis=0) for a row-major (rows, cols)."""
     if floating is float:
-        pylstm_row_sums_f32(level, a, rows, cols, sums)
+        pylstm_add_row_sums_f32(level, a, rows, cols, sums)
     else:
-        pylstm_row_sums_f64(level, a, rows, cols, sums)
+        pylstm_add_row_sums_f64(level, a, rows, cols, sums)
 
 
 # ---------------------------------------------------------------------------
@@ -432,6 +432,9 @@ cdef int _direction_backward(
                 or (projects and w_hr_p == NULL):
             status = -1
     if status == 0:
+        # [B3] d_bias = d_gates.sum(axis=0), the same for b_ih and b_hh: summed
+        # step by step below, while each step's rows are in cache
+        memset(d_bias, 0, G * sizeof(floating))
         for step in range(T):
             # Undo the forward order: the forward direction ran t = 0..T-1.
             t = step if reverse else T - 1 - step
@@ -446,6 +449,7 @@ cdef int _direction_backward(
             # [B3] gate and cell gradients, in place in gates[rows]
             _cell_backward(level, H, live, gates + row * G, cell_prev + row * H, tanh_cell + row * H,
                            d_r, d_cell, cell_out_all + row * H if projects else NULL)
+            _add_row_sums(level, gates + row * G, live, G, d_bias)
             # [B2] d_hidden[:live] = d_gates @ w_hh : (live, 4H) @ (4H, P)
             matmul(level, NoTrans, NoTrans, live, P, G, gates + row * G, G, w_hh, P, w_hh_p,
                    False, d_hidden, P)
@@ -462,8 +466,6 @@ cdef int _direction_backward(
             # [B2] d_w_hh = d_gates.T @ hidden_prev : (4H, N) @ (N, P)
             matmul(level, trans_left, NoTrans, G, P, N, left, ld_left, hidden_prev, P, h_p,
                    False, d_w_hh, P)
-        # [B3] d_bias = d_gates.sum(axis=0), the same for b_ih and b_hh
-        _row_sums(level, gates, N, G, d_bias)
         if projects and status == 0:
             left, trans_left, ld_left = d_hidden_all, Trans, P
             if level != PYLSTM_PORTABLE:

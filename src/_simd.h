@@ -145,9 +145,9 @@ static void pylstm_cell_backward_##tag(int level, long H, long live, T *gates,  
     PYLSTM_LEVEL_CALL(pylstm_cell_backward, tag, level, H, live, gates, cell_prev,   \
                       tanh_cell, d_cell_out, d_cell, cell_out);                      \
 }                                                                                    \
-static void pylstm_row_sums_##tag(int level, const T *a, long rows, long cols,       \
-                                  T *sums) {                                         \
-    PYLSTM_LEVEL_CALL(pylstm_row_sums, tag, level, a, rows, cols, sums);             \
+static void pylstm_add_row_sums_##tag(int level, const T *a, long rows, long cols,   \
+                                      T *sums) {                                     \
+    PYLSTM_LEVEL_CALL(pylstm_add_row_sums, tag, level, a, rows, cols, sums);         \
 }
 PYLSTM_CELL_DISPATCH(float, f32)
 PYLSTM_CELL_DISPATCH(double, f64)
