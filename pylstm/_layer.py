@@ -453,11 +453,15 @@ class LSTM:
         if lengths is None:
             # Arrays the kernel can read as they are go straight to it; anything
             # else is converted and checked by the general path below.
+            # The plan declines when stale, so staleness is only asked after a
+            # decline, as in step(): not twice on every call.
             plan = self._cached("sequence plan")
-            if plan is None or plan.stale:
-                plan = self._prepared("sequence plan", self._sequence_plan,
-                                      rebuild=plan is not None)
+            if plan is None:
+                plan = self._prepared("sequence plan", self._sequence_plan)
             result = plan.forward(x, state, self._sequence_weights)
+            if result is None and plan.stale:  # PYLSTM_SIMD changed since the plan was built
+                plan = self._prepared("sequence plan", self._sequence_plan, rebuild=True)
+                result = plan.forward(x, state, self._sequence_weights)
             if result is not None:
                 return result
         out, state_n, _ = self._forward(x, state, lengths, train=False, rng=None)
