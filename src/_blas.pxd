@@ -69,21 +69,17 @@ cdef extern from "_simd.h" nogil:
                               double *dst)
 
 
-cdef inline floating *transposed(int level, int rows, int cols, const floating *a,
-                                 int lda) noexcept nogil:
-    """A malloc'd (cols, rows) copy of a.T for a SIMD-level matmul, or NULL when out of memory.
+cdef inline void transpose_into(int level, int rows, int cols, const floating *a, int lda,
+                                floating *out) noexcept nogil:
+    """out (cols, rows) = a (rows, cols).T, for a SIMD-level matmul's left operand.
 
     The SIMD GEMM broadcasts A along its rows; reading a transposed A down a
     column would stride by lda, and a power-of-two stride thrashes one L1 set.
     """
-    cdef floating *out = <floating *> aligned_malloc(<long> rows * cols * sizeof(floating))
-    if out == NULL:
-        return NULL
     if floating is float:
         pylstm_transpose_f32(level, rows, cols, a, lda, out)
     else:
         pylstm_transpose_f64(level, rows, cols, a, lda, out)
-    return out
 
 
 cdef inline void pack_operand_into(int level, BlasTranspose trans_b, int k, int n,

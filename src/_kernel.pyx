@@ -44,7 +44,7 @@ import numpy as np
 cnp.import_array()
 
 from _blas cimport (CACHE_LINE, BlasTranspose, NoTrans, Trans, aligned_malloc, gemm, matmul, pack_operand,
-                   pack_operand_into, pylstm_packed_b_size, transposed)
+                   pack_operand_into, pylstm_packed_b_size, transpose_into)
 
 
 cdef extern from "unistd.h" nogil:
@@ -378,6 +378,40 @@ cdef int _direction_forward(
 # One layer direction, backward (BPTT)
 # ---------------------------------------------------------------------------
 
+# The backward loop takes its weight gradients a chunk of this many rows at
+# a time, while they fit in twice one core's L2 (see _direction_backward).
+cdef enum:
+    _CHUNK_ROWS = 256
+
+cdef Py_ssize_t _L2_BYTES = max(sysconf(_SC_LEVEL2_CACHE_SIZE), 0) or (1 << 20)
+
+
+cdef inline void *_packed_buffer(int level, bint is_double, Py_ssize_t k,
+                                 Py_ssize_t n) noexcept nogil:
+    """Room for a (k, n) operand packed by pack_operand_into, or NULL when out of memory."""
+    return aligned_malloc(pylstm_packed_b_size(level, is_double, k, n)
+                          * (sizeof(double) if is_double else sizeof(float)))
+
+
+cdef inline void _add_chunk_grad(int level, Py_ssize_t m, Py_ssize_t n, Py_ssize_t rows,
+                                 const floating *left, const floating *left_t,
+                                 const floating *right, floating *right_packed,
+                                 bint accumulate, floating *d_w) noexcept nogil:
+    """d_w (m, n) (+)= left.T @ right for a chunk: left (rows, m), right (rows, n).
+
+    SIMD levels read ``left_t``, the caller's (m, rows) copy of left.T (read
+    in place, left.T's columns have a power-of-two stride that thrashes one L1
+    set; one copy of a chunk of d_gates serves two gradients), and pack
+    ``right`` into ``right_packed``.
+    """
+    if level == PYLSTM_PORTABLE:
+        matmul(level, Trans, NoTrans, m, n, rows, left, m, right, n, NULL, accumulate, d_w, n)
+        return
+    pack_operand_into(level, NoTrans, rows, n, right, n, right_packed)
+    matmul(level, NoTrans, NoTrans, m, n, rows, left_t, rows, right, n, right_packed,
+           accumulate, d_w, n)
+
+
 cdef int _direction_backward(
         Py_ssize_t B, Py_ssize_t T, Py_ssize_t I, Py_ssize_t H, Py_ssize_t P,
         bint reverse, int level, const floating *grad_out, Py_ssize_t out_width,
@@ -390,7 +424,7 @@ cdef int _direction_backward(
         floating *d_w_ih, floating *d_w_hh, floating *d_bias, floating *d_w_hr,
         floating *d_packed_x, bint accumulate_dx,
         floating *d_cell_out, floating *d_hidden_all, floating *cell_out_all) noexcept nogil:
-    """Backpropagate one direction through time; weight gradients after the loop.
+    """Backpropagate one direction through time.
 
     In: ``d_hidden`` (B, P) and ``d_cell`` (B, H) hold dL/dh_n, dL/dc_n;
     ``gates`` (N, 4H), ``cell_prev`` and ``tanh_cell`` (N, H), ``hidden_prev``
@@ -405,31 +439,43 @@ cdef int _direction_backward(
     cdef Py_ssize_t step, t, live, row
     cdef bint projects = w_hr != NULL
     cdef floating *d_r = d_cell_out if projects else d_hidden
-    # Right-hand operands packed for the SIMD GEMM (level > 0); the ones that
-    # depend on the loop's results are packed after it.
+    # The weight gradients and d_packed_x are taken a chunk of steps at a
+    # time, right after the loop has made the chunk's d_gates, while they are
+    # in cache; a pass after the loop read them, and a transposed copy, back
+    # from memory. Every chunk reads and writes the weight gradients, so when
+    # those do not stay in cache the whole loop is one chunk. Measured in
+    # docs/kernel.md: 256 rows beat 128 and 512 rows; with 8 MiB of weight
+    # gradients (H = I = 512) one chunk beat every chunk size.
+    cdef Py_ssize_t max_live = 0
+    cdef Py_ssize_t chunk_rows = (
+        _CHUNK_ROWS if G * (P + I) * sizeof(floating) <= 2 * _L2_BYTES else max(N, 1))
+    cdef bint first_chunk = True
+    cdef Py_ssize_t pending = 0 if reverse else N   # where the rows not yet taken end
+    cdef Py_ssize_t lo, hi, max_rows
+    # Right-hand operands packed for the SIMD GEMM (level > 0)
     cdef floating *w_hh_p = NULL      # w_hh (4H, P)       for [B2] per step
     cdef floating *w_hr_p = NULL      # w_hr (P, H)        for [B4] per step
     cdef floating *w_ih_p = NULL      # w_ih (4H, I)       for [B1] d_packed_x
-    cdef floating *x_p = NULL         # packed_x (N, I)    for [B1] d_w_ih
-    cdef floating *h_p = NULL         # hidden_prev (N, P) for [B2] d_w_hh
-    cdef floating *r_p = NULL         # cell_out_all (N, H) for [B4] d_w_hr
-    # The weight gradients multiply transposed left operands; at SIMD levels
-    # they are transposed once into these (BLAS reads them in place).
-    cdef floating *d_gates_t = NULL   # d_gates.T (4H, N)
-    cdef floating *d_hidden_t = NULL  # d_hidden_all.T (P, N)
-    cdef const floating *left
-    cdef BlasTranspose trans_left
-    cdef int ld_left
+    cdef floating *x_p = NULL         # a chunk of packed_x     for [B1] d_w_ih
+    cdef floating *h_p = NULL         # a chunk of hidden_prev  for [B2] d_w_hh
+    cdef floating *r_p = NULL         # a chunk of cell_out_all for [B4] d_w_hr
+    cdef floating *left_t = NULL      # a chunk of d_gates.T or d_hidden_all.T
     cdef int status = 0
+    for t in range(T):
+        max_live = max(max_live, batch_sizes[t])
     if level != PYLSTM_PORTABLE:
         w_hh_p = pack_operand(level, NoTrans, G, P, w_hh, P)
         w_ih_p = pack_operand(level, NoTrans, G, I, w_ih, I)
-        x_p = pack_operand(level, NoTrans, N, I, packed_x, I)
-        h_p = pack_operand(level, NoTrans, N, P, hidden_prev, P)
+        # a chunk ends with the first step that brings it to chunk_rows
+        max_rows = min(N, chunk_rows + max_live - 1)
+        left_t = <floating *> aligned_malloc(max_rows * max(G, P) * sizeof(floating))
+        x_p = <floating *> _packed_buffer(level, floating is double, max_rows, I)
+        h_p = <floating *> _packed_buffer(level, floating is double, max_rows, P)
         if projects:
             w_hr_p = pack_operand(level, NoTrans, P, H, w_hr, H)
-        if w_hh_p == NULL or w_ih_p == NULL or x_p == NULL or h_p == NULL \
-                or (projects and w_hr_p == NULL):
+            r_p = <floating *> _packed_buffer(level, floating is double, max_rows, H)
+        if w_hh_p == NULL or w_ih_p == NULL or left_t == NULL or x_p == NULL or h_p == NULL \
+                or (projects and (w_hr_p == NULL or r_p == NULL)):
             status = -1
     if status == 0:
         # [B3] d_bias = d_gates.sum(axis=0), the same for b_ih and b_hh: summed
@@ -453,42 +499,41 @@ cdef int _direction_backward(
             # [B2] d_hidden[:live] = d_gates @ w_hh : (live, 4H) @ (4H, P)
             matmul(level, NoTrans, NoTrans, live, P, G, gates + row * G, G, w_hh, P, w_hh_p,
                    False, d_hidden, P)
-        left, trans_left, ld_left = gates, Trans, G
-        if level != PYLSTM_PORTABLE:
-            d_gates_t = transposed(level, N, G, gates, G)
-            if d_gates_t == NULL:
-                status = -1
-            left, trans_left, ld_left = d_gates_t, NoTrans, N
-        if status == 0:
-            # [B1] d_w_ih = d_gates.T @ packed_x : (4H, N) @ (N, I)
-            matmul(level, trans_left, NoTrans, G, I, N, left, ld_left, packed_x, I, x_p,
-                   False, d_w_ih, I)
-            # [B2] d_w_hh = d_gates.T @ hidden_prev : (4H, N) @ (N, P)
-            matmul(level, trans_left, NoTrans, G, P, N, left, ld_left, hidden_prev, P, h_p,
-                   False, d_w_hh, P)
-        if projects and status == 0:
-            left, trans_left, ld_left = d_hidden_all, Trans, P
-            if level != PYLSTM_PORTABLE:
-                r_p = pack_operand(level, NoTrans, N, H, cell_out_all, H)
-                d_hidden_t = transposed(level, N, P, d_hidden_all, P)
-                if r_p == NULL or d_hidden_t == NULL:
-                    status = -1
-                left, trans_left, ld_left = d_hidden_t, NoTrans, N
-            if status == 0:
-                # [B4] d_w_hr = d_hidden_all.T @ cell_out_all : (P, N) @ (N, H)
-                matmul(level, trans_left, NoTrans, P, H, N, left, ld_left, cell_out_all, H,
-                       r_p, False, d_w_hr, H)
-        # [B1] d_packed_x (+)= d_gates @ w_ih : (N, 4H) @ (4H, I)
-        matmul(level, NoTrans, NoTrans, N, I, G, gates, G, w_ih, I, w_ih_p,
-               accumulate_dx, d_packed_x, I)
+            # The steps taken since the last chunk hold rows [lo, hi): backward
+            # runs down the rows of the forward direction, up those of the reverse.
+            lo = pending if reverse else row
+            hi = offsets[t + 1] if reverse else pending
+            if hi - lo >= chunk_rows or (step == T - 1 and hi > lo):
+                # [B1] d_w_ih += d_gates.T @ packed_x; [B2] d_w_hh += d_gates.T @ hidden_prev
+                if level != PYLSTM_PORTABLE:
+                    transpose_into(level, hi - lo, G, gates + lo * G, G, left_t)
+                _add_chunk_grad(level, G, I, hi - lo, gates + lo * G, left_t, packed_x + lo * I,
+                                x_p, not first_chunk, d_w_ih)
+                _add_chunk_grad(level, G, P, hi - lo, gates + lo * G, left_t,
+                                hidden_prev + lo * P, h_p, not first_chunk, d_w_hh)
+                if projects:
+                    # [B4] d_w_hr += d_hidden_all.T @ cell_out_all
+                    if level != PYLSTM_PORTABLE:
+                        transpose_into(level, hi - lo, P, d_hidden_all + lo * P, P, left_t)
+                    _add_chunk_grad(level, P, H, hi - lo, d_hidden_all + lo * P, left_t,
+                                    cell_out_all + lo * H, r_p, not first_chunk, d_w_hr)
+                # [B1] d_packed_x[lo:hi] (+)= d_gates[lo:hi] @ w_ih : (rows, 4H) @ (4H, I)
+                matmul(level, NoTrans, NoTrans, hi - lo, I, G, gates + lo * G, G, w_ih, I, w_ih_p,
+                       accumulate_dx, d_packed_x + lo * I, I)
+                first_chunk = False
+                pending = hi if reverse else lo
+        if first_chunk:  # no rows: the weight gradients are empty sums
+            memset(d_w_ih, 0, G * I * sizeof(floating))
+            memset(d_w_hh, 0, G * P * sizeof(floating))
+            if projects:
+                memset(d_w_hr, 0, P * H * sizeof(floating))
     free(w_hh_p)
     free(w_hr_p)
     free(w_ih_p)
     free(x_p)
     free(h_p)
     free(r_p)
-    free(d_gates_t)
-    free(d_hidden_t)
+    free(left_t)
     return status
 
 

@@ -150,6 +150,32 @@ def test_simd_forward_and_backward_match_reference(simd, hidden, proj, batch, bi
         assert_close(grads.params[name], value, 1e-4)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("proj", [0, 4])
+def test_backward_over_several_chunks_matches_reference(simd, proj, dtype):
+    """Backward takes the weight gradients and dL/dx a chunk of at least 256
+    rows at a time: ~600 rows with mixed lengths make three chunks per
+    direction, the reverse direction's running up the rows."""
+    rng = np.random.default_rng(7 + proj)
+    batch, time, features, hidden = 48, 25, 5, 8
+    lstm = pylstm.LSTM(features, hidden, 2, bidirectional=True, proj_size=proj, dtype=dtype,
+                       random_state=3)
+    x = rng.standard_normal((batch, time, features)).astype(dtype)
+    lengths = rng.integers(1, time + 1, size=batch)
+    assert 512 < lengths.sum() < 768
+    params64 = {k: v.astype(np.float64) for k, v in lstm.state_dict().items()}
+    *_, tape = reference_forward(params64, x, lengths=lengths, num_layers=2, bidirectional=True,
+                                 hidden_size=hidden, proj_size=proj)
+    _, _, cache = lstm.forward_train(x, lengths=lengths)
+    grad_out = rng.standard_normal((batch, time, 2 * (proj or hidden))).astype(dtype)
+    grads = lstm.backward(cache, grad_out)
+    want_dx, _, want_dp = reference_backward(params64, tape, grad_out)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    assert_close(grads.input, want_dx, tol)
+    for name, value in want_dp.items():
+        assert_close(grads.params[name], value, tol, name)
+
+
 @pytest.mark.parametrize("batch", [1, 7, 13])
 def test_steps_past_every_sequence_end_match_reference(simd, batch):
     """Lengths all shorter than T: the last steps have no live row, h_n is each
@@ -367,7 +393,7 @@ sys.exit(0 if all(np.array_equal(a, b) for g in got for a, b in zip(want, g)) el
 """
 
 
-@pytest.mark.skipif(_kernel.cpu_level() == 0, reason="no pylstm thread pool on the portable path")
+@pytest.mark.skipif(_kernel.simd_level() == 0, reason="no pylstm thread pool on the portable path")
 def test_caller_runs_the_parts_a_descheduled_worker_has_not_claimed():
     """With the worker on the caller's core it rarely runs before the caller is
     done with part 0; the caller then runs the rest itself (no waiting for a
