@@ -95,6 +95,12 @@ cdef inline void pack_operand_into(int level, BlasTranspose trans_b, int k, int 
         pylstm_pack_b_f64(level, k, n, b, b_row, b_col, packed)
 
 
+cdef inline void *packed_buffer(int level, bint is_double, int k, int n) noexcept nogil:
+    """Room for a (k, n) operand packed by `pack_operand_into` (free it), or NULL when out of memory."""
+    return aligned_malloc(pylstm_packed_b_size(level, is_double, k, n)
+                          * (sizeof(double) if is_double else sizeof(float)))
+
+
 cdef inline floating *pack_operand(int level, BlasTranspose trans_b, int k, int n,
                                    const floating *b, int ldb) noexcept nogil:
     """Pack op(B) (k, n) for `matmul` at a SIMD level.
@@ -102,8 +108,7 @@ cdef inline floating *pack_operand(int level, BlasTranspose trans_b, int k, int 
     Returns a malloc'd buffer for the caller to free, or NULL when out of
     memory; not used on the portable level (0), where matmul reads B itself.
     """
-    cdef long size = pylstm_packed_b_size(level, floating is double, k, n)
-    cdef floating *packed = <floating *> aligned_malloc(size * sizeof(floating))
+    cdef floating *packed = <floating *> packed_buffer(level, floating is double, k, n)
     if packed == NULL:
         return NULL
     pack_operand_into(level, trans_b, k, n, b, ldb, packed)

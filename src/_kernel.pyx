@@ -44,7 +44,7 @@ import numpy as np
 cnp.import_array()
 
 from _blas cimport (CACHE_LINE, BlasTranspose, NoTrans, Trans, aligned_malloc, gemm, matmul, pack_operand,
-                   pack_operand_into, pylstm_packed_b_size, transpose_into)
+                   pack_operand_into, packed_buffer, pylstm_packed_b_size, transpose_into)
 
 
 cdef extern from "unistd.h" nogil:
@@ -379,18 +379,9 @@ cdef int _direction_forward(
 # ---------------------------------------------------------------------------
 
 # The backward loop takes its weight gradients a chunk of this many rows at
-# a time, while they fit in twice one core's L2 (see _direction_backward).
+# a time, while they fit in twice one core's L2 (_L2_BYTES; see _direction_backward).
 cdef enum:
     _CHUNK_ROWS = 256
-
-cdef Py_ssize_t _L2_BYTES = max(sysconf(_SC_LEVEL2_CACHE_SIZE), 0) or (1 << 20)
-
-
-cdef inline void *_packed_buffer(int level, bint is_double, Py_ssize_t k,
-                                 Py_ssize_t n) noexcept nogil:
-    """Room for a (k, n) operand packed by pack_operand_into, or NULL when out of memory."""
-    return aligned_malloc(pylstm_packed_b_size(level, is_double, k, n)
-                          * (sizeof(double) if is_double else sizeof(float)))
 
 
 cdef inline void _add_chunk_grad(int level, Py_ssize_t m, Py_ssize_t n, Py_ssize_t rows,
@@ -446,7 +437,6 @@ cdef int _direction_backward(
     # those do not stay in cache the whole loop is one chunk. Measured in
     # docs/kernel.md: 256 rows beat 128 and 512 rows; with 8 MiB of weight
     # gradients (H = I = 512) one chunk beat every chunk size.
-    cdef Py_ssize_t max_live = 0
     cdef Py_ssize_t chunk_rows = (
         _CHUNK_ROWS if G * (P + I) * sizeof(floating) <= 2 * _L2_BYTES else max(N, 1))
     cdef bint first_chunk = True
@@ -461,19 +451,17 @@ cdef int _direction_backward(
     cdef floating *r_p = NULL         # a chunk of cell_out_all for [B4] d_w_hr
     cdef floating *left_t = NULL      # a chunk of d_gates.T or d_hidden_all.T
     cdef int status = 0
-    for t in range(T):
-        max_live = max(max_live, batch_sizes[t])
     if level != PYLSTM_PORTABLE:
         w_hh_p = pack_operand(level, NoTrans, G, P, w_hh, P)
         w_ih_p = pack_operand(level, NoTrans, G, I, w_ih, I)
-        # a chunk ends with the first step that brings it to chunk_rows
-        max_rows = min(N, chunk_rows + max_live - 1)
+        # a chunk ends with the first step (at most B rows) that brings it to chunk_rows
+        max_rows = min(N, chunk_rows + B - 1)
         left_t = <floating *> aligned_malloc(max_rows * max(G, P) * sizeof(floating))
-        x_p = <floating *> _packed_buffer(level, floating is double, max_rows, I)
-        h_p = <floating *> _packed_buffer(level, floating is double, max_rows, P)
+        x_p = <floating *> packed_buffer(level, floating is double, max_rows, I)
+        h_p = <floating *> packed_buffer(level, floating is double, max_rows, P)
         if projects:
             w_hr_p = pack_operand(level, NoTrans, P, H, w_hr, H)
-            r_p = <floating *> _packed_buffer(level, floating is double, max_rows, H)
+            r_p = <floating *> packed_buffer(level, floating is double, max_rows, H)
         if w_hh_p == NULL or w_ih_p == NULL or left_t == NULL or x_p == NULL or h_p == NULL \
                 or (projects and (w_hr_p == NULL or r_p == NULL)):
             status = -1
@@ -575,6 +563,9 @@ def cpu_level():
 def l2_cache_size():
     """Bytes of one core's L2 cache as the C library reports it (0 if unknown)."""
     return max(sysconf(_SC_LEVEL2_CACHE_SIZE), 0)
+
+
+cdef Py_ssize_t _L2_BYTES = l2_cache_size() or (1 << 20)   # bytes; 1 MiB if unknown
 
 
 def pack_weights(const float[:, ::1] w_hh, const float[:, ::1] w_ih, int hidden_size,
