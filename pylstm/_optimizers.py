@@ -1,8 +1,9 @@
 """Adam and SGD over flat parameter vectors, updated in place.
 
 The estimators keep their parameters in a few flat vectors (the LSTM's
-``flat_parameters`` and the head's), so one update is a handful of vectorised
-NumPy operations per vector, with no Python loop over parameters or elements.
+``flat_parameters`` and the head's), so one update is one pass of the
+kernel's elementwise loop per vector (``_kernel.adam_update``,
+``_kernel.sgd_update``), with no Python loop over parameters or elements.
 The rules and defaults are those of ``sklearn.neural_network``'s
 ``SGDOptimizer`` and ``AdamOptimizer``; the optimizers are plain objects with
 no reference to the parameters, so an estimator holding one pickles cleanly.
@@ -13,14 +14,15 @@ import math
 
 import numpy as np
 
+from . import _kernel
+
 
 class _Optimizer:
-    """Shared state: one scratch buffer per parameter vector, and the learning rate."""
+    """Shared state: the learning rate."""
 
     def __init__(self, sizes: list[int], dtype: np.dtype, learning_rate_init: float) -> None:
         self.learning_rate_init = float(learning_rate_init)
         self.learning_rate = float(learning_rate_init)
-        self._scratch = [np.zeros(size, dtype) for size in sizes]
 
     def step(self, params: list[np.ndarray], grads: list[np.ndarray]) -> None:
         """Update every vector of ``params`` in place from the matching vector of ``grads``."""
@@ -66,20 +68,9 @@ class SGD(_Optimizer):
         self._velocities = [np.zeros(size, dtype) for size in sizes]
 
     def step(self, params: list[np.ndarray], grads: list[np.ndarray]) -> None:
-        rate = params[0].dtype.type(self.learning_rate)
-        momentum = params[0].dtype.type(self.momentum)
-        for param, grad, velocity, work in zip(params, grads, self._velocities, self._scratch):
-            # velocity = momentum * velocity - rate * grad
-            np.multiply(grad, rate, out=work)
-            velocity *= momentum
-            velocity -= work
-            if self.nesterov:
-                # param += momentum * velocity - rate * grad
-                param -= work
-                np.multiply(velocity, momentum, out=work)
-                param += work
-            else:
-                param += velocity
+        for param, grad, velocity in zip(params, grads, self._velocities):
+            _kernel.sgd_update(param, grad, velocity, self.learning_rate, self.momentum,
+                               self.nesterov)
 
     def iteration_ends(self, time_step: int) -> None:
         if self.schedule == "invscaling":
@@ -123,25 +114,10 @@ class Adam(_Optimizer):
 
     def step(self, params: list[np.ndarray], grads: list[np.ndarray]) -> None:
         self.t += 1
-        scalar = params[0].dtype.type
         # bias-corrected step size, folded into one scalar as in scikit-learn
-        rate = scalar(self.learning_rate * math.sqrt(1 - self.beta_2 ** self.t)
-                      / (1 - self.beta_1 ** self.t))
-        beta_1, beta_2 = scalar(self.beta_1), scalar(self.beta_2)
-        for param, grad, first, second, work in zip(
-                params, grads, self._first_moments, self._second_moments, self._scratch):
-            # first = beta_1 * first + (1 - beta_1) * grad
-            first *= beta_1
-            np.multiply(grad, 1 - beta_1, out=work)
-            first += work
-            # second = beta_2 * second + (1 - beta_2) * grad ** 2
-            second *= beta_2
-            np.multiply(grad, grad, out=work)
-            work *= 1 - beta_2
-            second += work
-            # param -= rate * first / (sqrt(second) + epsilon)
-            np.sqrt(second, out=work)
-            work += scalar(self.epsilon)
-            np.divide(first, work, out=work)
-            work *= rate
-            param -= work
+        rate = (self.learning_rate * math.sqrt(1 - self.beta_2 ** self.t)
+                / (1 - self.beta_1 ** self.t))
+        for param, grad, first, second in zip(
+                params, grads, self._first_moments, self._second_moments):
+            _kernel.adam_update(param, grad, first, second, rate, self.beta_1, self.beta_2,
+                                self.epsilon)

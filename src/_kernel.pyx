@@ -78,6 +78,18 @@ cdef extern from "_simd.h" nogil:
     void pylstm_activations_f64(int level, int which, const double *x, double *out, long n)
     void pylstm_add_row_sums_f32(int level, const float *a, long rows, long cols, float *sums)
     void pylstm_add_row_sums_f64(int level, const double *a, long rows, long cols, double *sums)
+    void pylstm_adam_update_f32(int level, long n, float *param, const float *grad,
+                                float *first, float *second, float rate, float beta_1,
+                                float one_minus_1, float beta_2, float one_minus_2,
+                                float epsilon)
+    void pylstm_adam_update_f64(int level, long n, double *param, const double *grad,
+                                double *first, double *second, double rate, double beta_1,
+                                double one_minus_1, double beta_2, double one_minus_2,
+                                double epsilon)
+    void pylstm_sgd_update_f32(int level, long n, float *param, const float *grad,
+                               float *velocity, float rate, float momentum, int nesterov)
+    void pylstm_sgd_update_f64(int level, long n, double *param, const double *grad,
+                               double *velocity, double rate, double momentum, int nesterov)
     void pylstm_set_num_threads(int n)
     int pylstm_get_num_threads()
     long pylstm_parts_taken_over()
@@ -678,6 +690,50 @@ def matmul_rows(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, 
         matmul(level, NoTrans, NoTrans, m, n, k, &a[0, 0], k, &b[0, 0], n, packed, False,
                &out[0, 0], n)
     free(packed)
+
+
+def adam_update(floating[::1] param, const floating[::1] grad, floating[::1] first,
+                floating[::1] second, double rate, double beta_1, double beta_2,
+                double epsilon):
+    """One Adam update of ``param`` in place (``_optimizers.Adam`` checks the arguments).
+
+    ``rate`` already holds the bias correction; the moments are updated in place.
+    """
+    cdef long n = param.shape[0]
+    cdef int level = pylstm_simd_level()
+    # the scalars as NumPy rounds them for the vector's dtype
+    cdef floating b1 = <floating> beta_1, b2 = <floating> beta_2
+    if grad.shape[0] != n or first.shape[0] != n or second.shape[0] != n:
+        raise ValueError(f"param, grad and the moments must have the same length, got "
+                         f"{n}, {grad.shape[0]}, {first.shape[0]}, {second.shape[0]}")
+    if n == 0:
+        return
+    with nogil:
+        if floating is float:
+            pylstm_adam_update_f32(level, n, &param[0], &grad[0], &first[0], &second[0],
+                                   <float> rate, b1, 1 - b1, b2, 1 - b2, <float> epsilon)
+        else:
+            pylstm_adam_update_f64(level, n, &param[0], &grad[0], &first[0], &second[0],
+                                   rate, b1, 1 - b1, b2, 1 - b2, epsilon)
+
+
+def sgd_update(floating[::1] param, const floating[::1] grad, floating[::1] velocity,
+               double rate, double momentum, bint nesterov):
+    """One SGD-with-momentum update of ``param`` and ``velocity`` in place (checked by ``_optimizers.SGD``)."""
+    cdef long n = param.shape[0]
+    cdef int level = pylstm_simd_level()
+    if grad.shape[0] != n or velocity.shape[0] != n:
+        raise ValueError(f"param, grad and velocity must have the same length, got "
+                         f"{n}, {grad.shape[0]}, {velocity.shape[0]}")
+    if n == 0:
+        return
+    with nogil:
+        if floating is float:
+            pylstm_sgd_update_f32(level, n, &param[0], &grad[0], &velocity[0], <float> rate,
+                                  <float> momentum, nesterov)
+        else:
+            pylstm_sgd_update_f64(level, n, &param[0], &grad[0], &velocity[0], rate,
+                                  momentum, nesterov)
 
 
 def vector_activation(int level, int which, const floating[::1] x, floating[::1] out):

@@ -16,6 +16,7 @@
 #pragma GCC diagnostic ignored "-Wunused-function"
 #endif
 
+#include <math.h>
 #include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
@@ -148,6 +149,18 @@ static void pylstm_cell_backward_##tag(int level, long H, long live, T *gates,  
 static void pylstm_add_row_sums_##tag(int level, const T *a, long rows, long cols,   \
                                       T *sums) {                                     \
     PYLSTM_LEVEL_CALL(pylstm_add_row_sums, tag, level, a, rows, cols, sums);         \
+}                                                                                    \
+static void pylstm_adam_update_##tag(int level, long n, T *param, const T *grad,     \
+                                     T *first, T *second, T rate, T beta_1,          \
+                                     T one_minus_1, T beta_2, T one_minus_2,         \
+                                     T epsilon) {                                    \
+    PYLSTM_LEVEL_CALL(pylstm_adam_update, tag, level, n, param, grad, first, second, \
+                      rate, beta_1, one_minus_1, beta_2, one_minus_2, epsilon);      \
+}                                                                                    \
+static void pylstm_sgd_update_##tag(int level, long n, T *param, const T *grad,      \
+                                    T *velocity, T rate, T momentum, int nesterov) { \
+    PYLSTM_LEVEL_CALL(pylstm_sgd_update, tag, level, n, param, grad, velocity, rate, \
+                      momentum, nesterov);                                           \
 }
 PYLSTM_CELL_DISPATCH(float, f32)
 PYLSTM_CELL_DISPATCH(double, f64)

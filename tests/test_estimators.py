@@ -41,32 +41,60 @@ def delayed_recall(rng, n=256, delay=20):
 
 
 # ----------------------------------------------------------------------------- optimizers
-def test_adam_matches_the_scalar_formula(rng):
-    param = rng.normal(size=5)
-    grads = [rng.normal(size=5) for _ in range(3)]
-    expected, first, second = param.copy(), np.zeros(5), np.zeros(5)
-    adam = Adam([5], np.float64, 0.01)
+SIMD_LEVELS = [name for name, level in (("portable", 0), ("avx2", 1), ("avx512", 2))
+               if level <= _kernel.cpu_level()]
+# a length whose vector loops leave a tail at every level (16, 8, 4 and 2 lanes)
+N_PARAMS = 1000 + 13
+
+
+@pytest.mark.parametrize("simd_level", SIMD_LEVELS)
+# float32: a few ulp of parameters of size ~1 (an update rounds to the parameter's ulp)
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float32, 1e-6)])
+def test_adam_matches_the_scalar_formula(rng, monkeypatch, simd_level, dtype, rtol):
+    """The kernel's one-pass update against scikit-learn's rule, computed here in float64."""
+    monkeypatch.setenv("PYLSTM_SIMD", simd_level)
+    param = rng.normal(size=N_PARAMS).astype(dtype)
+    grads = [rng.normal(size=N_PARAMS).astype(dtype) for _ in range(3)]
+    expected = param.astype(np.float64)
+    first, second = np.zeros(N_PARAMS), np.zeros(N_PARAMS)
+    adam = Adam([N_PARAMS], dtype, 0.01)
     for t, grad in enumerate(grads, start=1):
         first = 0.9 * first + 0.1 * grad
-        second = 0.999 * second + 0.001 * grad**2
+        second = 0.999 * second + 0.001 * grad.astype(np.float64)**2
         # scikit-learn's form: bias corrections folded into the step size
         step = 0.01 * np.sqrt(1 - 0.999**t) / (1 - 0.9**t)
         expected -= step * first / (np.sqrt(second) + 1e-8)
         adam.step([param], [grad])
-    np.testing.assert_allclose(param, expected, rtol=1e-12)
+    assert param.dtype == dtype
+    np.testing.assert_allclose(param, expected, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(adam._first_moments[0], first, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(adam._second_moments[0], second, rtol=rtol, atol=rtol)
 
 
+@pytest.mark.parametrize("simd_level", SIMD_LEVELS)
+# float32: a few ulp of parameters of size ~1 (an update rounds to the parameter's ulp)
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float32, 1e-6)])
 @pytest.mark.parametrize("nesterov", [False, True])
-def test_sgd_matches_the_scalar_formula(rng, nesterov):
-    param = rng.normal(size=4)
-    grads = [rng.normal(size=4) for _ in range(3)]
-    expected, velocity = param.copy(), np.zeros(4)
-    sgd = SGD([4], np.float64, 0.1, momentum=0.9, nesterov=nesterov)
+def test_sgd_matches_the_scalar_formula(rng, monkeypatch, simd_level, dtype, rtol, nesterov):
+    monkeypatch.setenv("PYLSTM_SIMD", simd_level)
+    param = rng.normal(size=N_PARAMS).astype(dtype)
+    grads = [rng.normal(size=N_PARAMS).astype(dtype) for _ in range(3)]
+    expected, velocity = param.astype(np.float64), np.zeros(N_PARAMS)
+    sgd = SGD([N_PARAMS], dtype, 0.1, momentum=0.9, nesterov=nesterov)
     for grad in grads:
         velocity = 0.9 * velocity - 0.1 * grad
         expected += 0.9 * velocity - 0.1 * grad if nesterov else velocity
         sgd.step([param], [grad])
-    np.testing.assert_allclose(param, expected, rtol=1e-12)
+    np.testing.assert_allclose(param, expected, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(sgd._velocities[0], velocity, rtol=rtol, atol=rtol)
+
+
+def test_optimizers_refuse_vectors_of_different_lengths():
+    param, grad = np.zeros(5), np.zeros(4)
+    with pytest.raises(ValueError, match="same length"):
+        Adam([5], np.float64).step([param], [grad])
+    with pytest.raises(ValueError, match="same length"):
+        SGD([5], np.float64).step([param], [grad])
 
 
 # ----------------------------------------------------------------------------- learning
