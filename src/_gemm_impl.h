@@ -42,14 +42,15 @@ GFN(gload_part)(const SCALAR *p, int n) {
 __attribute__((target(TARGET), always_inline)) static inline void
 GFN(gstore_part)(SCALAR *p, GVEC v, int n) { if (n > 0) memcpy(p, &v, n * sizeof(SCALAR)); }
 
-/* packed[blk][k][j] = B[k, blk * 4VW + j] (zero past N); B (K, N) read
- * through strides: element (k, n) at b[k * b_row + n * b_col]. */
+/* packed[blk][k][j] = B[k, blk * 4VW + j] (zero past N) for k in [k_begin,
+ * k_end); B (K, N) read through strides: element (k, n) at b[k * b_row + n * b_col]. */
 __attribute__((target(TARGET))) static void
-GFN(pylstm_pack_b)(int K, int N, const SCALAR *b, long b_row, long b_col, SCALAR *packed) {
+GFN(pylstm_pack_b)(int K, int N, int k_begin, int k_end, const SCALAR *b, long b_row,
+                   long b_col, SCALAR *packed) {
     const int width = 4 * VW;
     const int n_blocks = (N + width - 1) / width;
     for (int blk = 0; blk < n_blocks; ++blk)
-        for (int k = 0; k < K; ++k) {
+        for (int k = k_begin; k < k_end; ++k) {
             SCALAR *dst = packed + ((long)blk * K + k) * width;
             for (int j = 0; j < width; ++j) {
                 int n = blk * width + j;

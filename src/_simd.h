@@ -139,12 +139,36 @@ enum { PYLSTM_PORTABLE = 0, PYLSTM_AVX2 = 1, PYLSTM_AVX512 = 2 };
 #define PYLSTM_LEVEL_CALL(name, tag, level, ...) name##_##tag##_portable(__VA_ARGS__)
 #endif
 
+/* Packing, transposes and the cell backward would be serial passes between
+ * the threaded products, so they are split across pylstm's threads too, into
+ * parts that outweigh handing one over (~0.5 us): at least this many elements
+ * moved (~0.4 ns each), or units of a cell backward (~4 ns each: memory-bound).
+ * Each element is moved or computed the same way whichever thread does it. */
+#define PYLSTM_MOVES_PER_PART 8192
+#define PYLSTM_CELLS_PER_PART 2048
+
 #define PYLSTM_CELL_DISPATCH(T, tag)                                                  \
+typedef struct {                                                                     \
+    int level; long H; T *gates; const T *cell_prev, *tanh_cell, *d_cell_out;        \
+    T *d_cell, *cell_out;                                                            \
+} pylstm_cell_backward_job_##tag;                                                    \
+static void pylstm_cell_backward_part_##tag(void *context, long begin, long end) {  \
+    const pylstm_cell_backward_job_##tag *j = context;                               \
+    long H = j->H;                                                                   \
+    PYLSTM_LEVEL_CALL(pylstm_cell_backward, tag, j->level, H, end - begin,           \
+                      j->gates + begin * 4 * H, j->cell_prev + begin * H,            \
+                      j->tanh_cell + begin * H, j->d_cell_out + begin * H,           \
+                      j->d_cell + begin * H,                                         \
+                      j->cell_out != NULL ? j->cell_out + begin * H : NULL);         \
+}                                                                                    \
+/* split by rows */                                                                  \
 static void pylstm_cell_backward_##tag(int level, long H, long live, T *gates,       \
                                        const T *cell_prev, const T *tanh_cell,       \
                                        const T *d_cell_out, T *d_cell, T *cell_out) { \
-    PYLSTM_LEVEL_CALL(pylstm_cell_backward, tag, level, H, live, gates, cell_prev,   \
-                      tanh_cell, d_cell_out, d_cell, cell_out);                      \
+    pylstm_cell_backward_job_##tag job = {level, H, gates, cell_prev, tanh_cell,     \
+                                          d_cell_out, d_cell, cell_out};             \
+    pylstm_parallel_range(live, PYLSTM_CELLS_PER_PART / (H > 0 ? H : 1) + 1,         \
+                          pylstm_cell_backward_part_##tag, &job);                    \
 }                                                                                    \
 static void pylstm_add_row_sums_##tag(int level, const T *a, long rows, long cols,   \
                                       T *sums) {                                     \
@@ -258,10 +282,24 @@ static long pylstm_packed_b_size(int level, int is_double, int K, int N) {
 }
 
 #define PYLSTM_GEMM_DISPATCH(T, tag)                                                      \
+typedef struct {                                                                          \
+    int level, K, N; const T *b; long b_row, b_col; T *packed;                            \
+} pylstm_pack_b_job_##tag;                                                                \
+static void pylstm_pack_b_part_##tag(void *context, long begin, long end) {              \
+    const pylstm_pack_b_job_##tag *j = context;                                           \
+    if (j->level == PYLSTM_AVX512)                                                        \
+        pylstm_pack_b_##tag##_avx512(j->K, j->N, begin, end, j->b, j->b_row, j->b_col,    \
+                                     j->packed);                                          \
+    else if (j->level == PYLSTM_AVX2)                                                     \
+        pylstm_pack_b_##tag##_avx2(j->K, j->N, begin, end, j->b, j->b_row, j->b_col,      \
+                                   j->packed);                                            \
+}                                                                                         \
+/* split by rows of B */                                                                  \
 static void pylstm_pack_b_##tag(int level, int K, int N, const T *b, long b_row,          \
                                 long b_col, T *packed) {                                  \
-    if (level == PYLSTM_AVX512) pylstm_pack_b_##tag##_avx512(K, N, b, b_row, b_col, packed); \
-    else if (level == PYLSTM_AVX2) pylstm_pack_b_##tag##_avx2(K, N, b, b_row, b_col, packed); \
+    pylstm_pack_b_job_##tag job = {level, K, N, b, b_row, b_col, packed};                 \
+    pylstm_parallel_range(K, PYLSTM_MOVES_PER_PART / (N > 0 ? N : 1) + 1,                 \
+                          pylstm_pack_b_part_##tag, &job);                                \
 }                                                                                         \
 static void pylstm_gemm_##tag(int level, int M, int N, int K, const T *a, long a_row,     \
                               long a_col, const T *packed_b, T *c, long ldc,              \
@@ -271,10 +309,34 @@ static void pylstm_gemm_##tag(int level, int M, int N, int K, const T *a, long a
     else if (level == PYLSTM_AVX2)                                                        \
         pylstm_gemm_##tag##_avx2(M, N, K, a, a_row, a_col, packed_b, c, ldc, accumulate);   \
 }                                                                                         \
+typedef struct { int level; long rows; const T *src; long ld_src; T *dst; }               \
+    pylstm_transpose_job_##tag;                                                           \
+/* columns [32 begin, 32 end) of src: rows of dst, and whole cache blocks */              \
+static void pylstm_transpose_part_##tag(void *context, long begin, long end) {           \
+    const pylstm_transpose_job_##tag *j = context;                                        \
+    long cols = 32 * (end - begin);                                                       \
+    const T *src = j->src + 32 * begin;                                                   \
+    T *dst = j->dst + 32 * begin * j->rows;                                               \
+    if (j->level == PYLSTM_AVX512)                                                        \
+        pylstm_transpose_##tag##_avx512(j->rows, cols, src, j->ld_src, dst);              \
+    else if (j->level == PYLSTM_AVX2)                                                     \
+        pylstm_transpose_##tag##_avx2(j->rows, cols, src, j->ld_src, dst);                \
+}                                                                                         \
+/* dst (cols, rows) = src (rows, cols).T; split by columns of src, in multiples of 32 */  \
 static void pylstm_transpose_##tag(int level, long rows, long cols, const T *src,         \
                                    long ld_src, T *dst) {                                 \
-    if (level == PYLSTM_AVX512) pylstm_transpose_##tag##_avx512(rows, cols, src, ld_src, dst); \
-    else if (level == PYLSTM_AVX2) pylstm_transpose_##tag##_avx2(rows, cols, src, ld_src, dst); \
+    pylstm_transpose_job_##tag job = {level, rows, src, ld_src, dst};                     \
+    long whole = cols / 32;                                                               \
+    pylstm_parallel_range(whole, PYLSTM_MOVES_PER_PART / (32 * (rows > 0 ? rows : 1)) + 1, \
+                          pylstm_transpose_part_##tag, &job);                             \
+    if (whole * 32 < cols) {  /* the last columns */                                      \
+        if (level == PYLSTM_AVX512)                                                       \
+            pylstm_transpose_##tag##_avx512(rows, cols - whole * 32, src + whole * 32,    \
+                                            ld_src, dst + whole * 32 * rows);             \
+        else if (level == PYLSTM_AVX2)                                                    \
+            pylstm_transpose_##tag##_avx2(rows, cols - whole * 32, src + whole * 32,      \
+                                          ld_src, dst + whole * 32 * rows);               \
+    }                                                                                     \
 }
 #if PYLSTM_HAVE_SIMD
 PYLSTM_GEMM_DISPATCH(float, f32)

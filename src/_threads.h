@@ -196,4 +196,23 @@ static int pylstm_parallel(int max_parts, pylstm_task task, void *context) {
     return n;
 }
 
+/* fn(context, begin, end) over [0, n) in contiguous ranges, one per part, for
+ * work whose results do not depend on how it is split (data movement,
+ * elementwise loops): at most one part per min_per_part items. */
+typedef void (*pylstm_range_fn)(void *context, long begin, long end);
+typedef struct { pylstm_range_fn fn; void *context; long n; } pylstm_range_job;
+
+static void pylstm_range_part(void *context, int part, int n_parts) {
+    const pylstm_range_job *job = context;
+    job->fn(job->context, job->n * part / n_parts, job->n * (part + 1) / n_parts);
+}
+
+static void pylstm_parallel_range(long n, long min_per_part, pylstm_range_fn fn,
+                                  void *context) {
+    long max_parts = n / (min_per_part > 0 ? min_per_part : 1);
+    pylstm_range_job job = {fn, context, n};
+    if (max_parts > PYLSTM_MAX_THREADS) max_parts = PYLSTM_MAX_THREADS;
+    pylstm_parallel(max_parts < 1 ? 1 : (int)max_parts, pylstm_range_part, &job);
+}
+
 #endif /* PYLSTM_THREADS_H */

@@ -349,19 +349,24 @@ def test_results_are_bitwise_identical_at_any_thread_count():
                 assert np.array_equal(a, b)
 
 
-def test_kernel_threads_give_bitwise_identical_results():
-    """pylstm's own threads split steps and products without changing any sum."""
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("batch, hidden_size", [(40, 64), (70, 128)])
+def test_kernel_threads_give_bitwise_identical_results(simd, dtype, batch, hidden_size):
+    """pylstm's own threads split steps, products, packing, transposes and the
+    cell backward (by rows: at (70, 128) into three parts) without changing
+    any value."""
     rng = np.random.default_rng(1)
-    lstm = pylstm.LSTM(24, 64, 2, bidirectional=True, random_state=0)
-    x = rng.standard_normal((40, 12, 24)).astype(np.float32)
-    lengths = rng.integers(1, 13, size=40)
+    lstm = pylstm.LSTM(24, hidden_size, 2, bidirectional=True, dtype=dtype, random_state=0)
+    x = rng.standard_normal((batch, 12, 24)).astype(dtype)
+    lengths = rng.integers(1, 13, size=batch)
+    grad_out = rng.standard_normal((batch, 12, 2 * hidden_size)).astype(dtype)
     results = []
     for n in (1, 2, 3):
         with pylstm.threads(n):
             assert pylstm.get_num_threads() == n
             out, _ = lstm(x, lengths=lengths)
             out_t, _, cache = lstm.forward_train(x, lengths=lengths)
-            grads = lstm.backward(cache, np.ones_like(out_t))
+            grads = lstm.backward(cache, grad_out)
             results.append((out, grads.flat, grads.input))
     assert pylstm.get_num_threads() == 1
     for other in results[1:]:
