@@ -63,7 +63,9 @@ cdef extern from "_simd.h" nogil:
                      const float *x, int ld_x, float *gates, int ld_gates,
                      int store_gates, float *cell, int ld_cell,
                      float *cell_out, int ld_out, float *tanh_cell, int ld_tanh,
-                     const float **h_rows, const float **x_rows, float **out_rows)
+                     float *cell_prev, int ld_prev,
+                     const float **h_rows, const float **x_rows, float **out_rows,
+                     float **next_rows)
     int pylstm_vector_activation(int level, int which, const float *x, float *out, long n)
     bint pylstm_all_finite_f32(const float *values, long n)
     bint pylstm_all_finite_f64(const double *values, long n)
@@ -271,16 +273,23 @@ cdef int _direction_forward(
     # writes h_t there (and reads x in the input, if fused), through per-row
     # address tables, rather than copying rows in and out of state buffers.
     cdef bint in_place = simd_step and not projects and hidden_prev == NULL
+    # Training through the SIMD step without projection: the step writes h_t
+    # into the output array and into the next step's rows of hidden_prev (or
+    # h_n's), and stores c_{t-1} into cell_prev from registers, so no pass of
+    # its own copies the state in and out of them.
+    cdef bint keeps_rows = simd_step and not projects and hidden_prev != NULL
     cdef const float **h_rows = NULL    # (B,) row b's h_{t-1}
     cdef const float **x_rows = NULL    # (B,) row b's x_t
     cdef float **out_rows = NULL        # (B,) where row b's h_t goes
-    cdef Py_ssize_t b, source, t_last
-    if in_place:
-        h_rows = <const float **> malloc(3 * B * sizeof(float *))
+    cdef float **next_rows = NULL       # (B,) where row b's h_t is kept (training)
+    cdef Py_ssize_t b, source, t_last, t_next, started
+    if in_place or keeps_rows:
+        h_rows = <const float **> malloc(4 * B * sizeof(float *))
         if h_rows == NULL:
             return -1
         x_rows = h_rows + B
         out_rows = <float **> (h_rows + 2 * B)
+        next_rows = <float **> (h_rows + 3 * B)
     # Right-hand operands of the SIMD GEMM (level > 0): the cached ones, or
     # packed here once per call (and freed at the end).
     cdef floating *own_w_ih_t = NULL
@@ -340,7 +349,34 @@ cdef int _direction_forward(
                 pylstm_step(level, live, H, P, I if fuse_input else 0, panels,
                             <const float *> bias, NULL, 0, NULL, 0,
                             <float *> gates + row * G, G, False, <float *> cell, H,
-                            NULL, 0, NULL, 0, h_rows, x_rows, out_rows)
+                            NULL, 0, NULL, 0, NULL, 0, h_rows, x_rows, out_rows, NULL)
+                continue
+            if keeps_rows:      # training: one chunk, so row is the packed row
+                # Rows that start at this step (all at the first step; in reverse,
+                # the rows whose last step this is) begin from h0.
+                started = 0
+                if reverse and t + 1 < T:
+                    started = batch_sizes[t + 1]
+                elif not reverse and t > 0:
+                    started = live
+                if started < live:
+                    memcpy(hidden_prev + (row + started) * P, hidden + started * P,
+                           (live - started) * P * sizeof(floating))
+                t_next = t - 1 if reverse else t + 1
+                for b in range(live):
+                    out_rows[b] = <float *> out + (perm[b] * T + t) * out_width + out_col
+                    # A row live at the next step keeps h_t as that step's h_prev;
+                    # one that ends here leaves it in hidden as its h_n.
+                    if 0 <= t_next < T and b < batch_sizes[t_next]:
+                        next_rows[b] = <float *> hidden_prev + (offsets[t_next] + b) * P
+                    else:
+                        next_rows[b] = <float *> hidden + b * P
+                pylstm_step(level, live, H, P, I if fuse_input else 0, panels,
+                            <const float *> bias, <const float *> hidden_prev + row * P, P,
+                            <const float *> packed_x + row * I, I,
+                            <float *> gates + row * G, G, True, <float *> cell, H,
+                            NULL, 0, <float *> tanh_cell + row * H, H,
+                            <float *> cell_prev + row * H, H, NULL, NULL, out_rows, next_rows)
                 continue
             # The step reads h_{t-1} from a copy, so it can write h_t in place.
             if hidden_prev != NULL:     # training: one chunk, so row is the packed row
@@ -358,7 +394,7 @@ cdef int _direction_forward(
                             <const float *> packed_x + row * I, I,
                             <float *> gates + row * G, G, hidden_prev != NULL,
                             <float *> cell, H, <float *> r, H, <float *> tanh_rows, H,
-                            NULL, NULL, NULL)
+                            NULL, 0, NULL, NULL, NULL, NULL)
             else:
                 # [F2] gates[rows] += h_prev @ w_hh.T : (live, P) @ (P, 4H)
                 matmul(level, NoTrans, Trans, live, G, P, h_prev, P, w_hh, P, w_hh_t,
@@ -1130,7 +1166,7 @@ cdef class StepPlan(_Plan):
                                 <const float *> weights.bias, <const float *> h + layer * B * P, P,
                                 <const float *> layer_in, width, NULL, G, 0,
                                 <float *> c_new + layer * B * H, H, <float *> r, H, NULL, 0,
-                                NULL, NULL, NULL)
+                                NULL, 0, NULL, NULL, NULL, NULL)
                 else:
                     # [F1] gates = x @ w_ih.T : (B, I) @ (I, 4H)
                     gemm(NoTrans, Trans, B, G, width, 1, layer_in, width,

@@ -249,18 +249,20 @@ static void pylstm_pack_weights(int level, int H, int P, int I, const float *w_h
 
 /* One fused step at a level; see _simd_impl.h for what each argument holds.
  * I > 0 computes the input term here from x; I == 0 reads it from gates.
- * h_rows, x_rows, out_rows (or NULL): per-row addresses of h_prev, x, cell_out. */
+ * h_rows, x_rows, out_rows (or NULL): per-row addresses of h_prev, x, cell_out;
+ * cell_prev, next_rows (training, or NULL): where c_{t-1} and h_t's copy go. */
 static void pylstm_step(int level, int live, int H, int P, int I, const float *panels,
                         const float *bias, const float *h_prev, int ld_h,
                         const float *x, int ld_x, float *gates, int ld_gates,
                         int store_gates, float *cell, int ld_cell,
                         float *cell_out, int ld_out, float *tanh_cell, int ld_tanh,
+                        float *cell_prev, int ld_prev,
                         const float *const *h_rows, const float *const *x_rows,
-                        float *const *out_rows) {
+                        float *const *out_rows, float *const *next_rows) {
 #if PYLSTM_HAVE_SIMD
 #define PYLSTM_ARGS {H, P, I, panels, bias, h_prev, ld_h, x, ld_x, gates, ld_gates, \
                      store_gates, cell, ld_cell, cell_out, ld_out, tanh_cell, ld_tanh, \
-                     h_rows, x_rows, out_rows}
+                     cell_prev, ld_prev, h_rows, x_rows, out_rows, next_rows}
     if (level == PYLSTM_AVX512) {
         pylstm_step_args_avx512 args = PYLSTM_ARGS;
         pylstm_step_avx512(&args, live);

@@ -176,10 +176,14 @@ typedef struct {
     float *cell; int ld_cell;        /* (live, H) in/out */
     float *cell_out; int ld_out;     /* (live, H) out: o * tanh(c) */
     float *tanh_cell; int ld_tanh;   /* (live, H) out: tanh(c), training only (else NULL) */
+    float *cell_prev; int ld_prev;   /* (live, H) out: c_{t-1}, training only (else NULL) */
     /* When not NULL, row b of h_prev, x and cell_out is at h_rows[b], x_rows[b],
      * out_rows[b] instead (inference reads and writes the caller's arrays in place) */
     const float *const *h_rows, *const *x_rows;
     float *const *out_rows;
+    /* When not NULL, row b's h_t is also written to next_rows[b]: training
+     * keeps each step's h_prev, and this is the next step's row (or h_n's) */
+    float *const *next_rows;
 } FN(pylstm_step_args);
 
 /* One register tile: units [u*VW, u*VW + width) of rows [row0, row0 + nr). */
@@ -249,11 +253,16 @@ FN(tile)(const int nr, const FN(pylstm_step_args) *a, int u, int width, int row0
             zi += x_term[0][b]; zf += x_term[1][b]; zg += x_term[2][b]; zo += x_term[3][b];
         }
         VEC i = FN(vsigmoid)(zi), f = FN(vsigmoid)(zf), g = FN(vtanh)(zg), o = FN(vsigmoid)(zo);
-        VEC c = f * LOAD(c_row) + i * g;
+        VEC c_prev = LOAD(c_row);
+        VEC c = f * c_prev + i * g;
         VEC tanh_c = FN(vtanh)(c);
+        VEC h = o * tanh_c;
         STORE(c_row, c);
-        STORE((a->out_rows != NULL ? a->out_rows[row] : a->cell_out + row * a->ld_out) + unit0,
-              o * tanh_c);
+        STORE((a->out_rows != NULL ? a->out_rows[row] : a->cell_out + row * a->ld_out) + unit0, h);
+        /* training: the state this step started from and h_t's second copy,
+         * stored from registers rather than copied by a pass of their own */
+        if (a->cell_prev != NULL) STORE(a->cell_prev + row * a->ld_prev + unit0, c_prev);
+        if (a->next_rows != NULL) STORE(a->next_rows[row] + unit0, h);
         if (a->store_gates) {
             STORE(z, i); STORE(z + H, f); STORE(z + 2 * H, g); STORE(z + 3 * H, o);
         }
