@@ -139,10 +139,11 @@ enum { PYLSTM_PORTABLE = 0, PYLSTM_AVX2 = 1, PYLSTM_AVX512 = 2 };
 #define PYLSTM_LEVEL_CALL(name, tag, level, ...) name##_##tag##_portable(__VA_ARGS__)
 #endif
 
-/* Packing, transposes and the cell backward would be serial passes between
- * the threaded products, so they are split across pylstm's threads too, into
- * parts that outweigh handing one over (~0.5 us): at least this many elements
- * moved (~0.4 ns each), or units of a cell backward (~4 ns each: memory-bound).
+/* Packing, transposes, the cell backward and the optimizers' updates would be
+ * serial passes between the threaded products, so they are split across
+ * pylstm's threads too, into parts that outweigh handing one over (~0.5 us):
+ * at least this many elements moved or updated (~0.4 ns each), or units of a
+ * cell backward (~4 ns each: memory-bound).
  * Each element is moved or computed the same way whichever thread does it. */
 #define PYLSTM_MOVES_PER_PART 8192
 #define PYLSTM_CELLS_PER_PART 2048
@@ -174,17 +175,40 @@ static void pylstm_add_row_sums_##tag(int level, const T *a, long rows, long col
                                       T *sums) {                                     \
     PYLSTM_LEVEL_CALL(pylstm_add_row_sums, tag, level, a, rows, cols, sums);         \
 }                                                                                    \
+typedef struct {                                                                     \
+    int level; T *param; const T *grad; T *first, *second;                           \
+    T rate, beta_1, one_minus_1, beta_2, one_minus_2, epsilon;                       \
+} pylstm_adam_job_##tag;                                                             \
+static void pylstm_adam_part_##tag(void *context, long begin, long end) {           \
+    const pylstm_adam_job_##tag *j = context;                                        \
+    PYLSTM_LEVEL_CALL(pylstm_adam_update, tag, j->level, end - begin,                \
+                      j->param + begin, j->grad + begin, j->first + begin,           \
+                      j->second + begin, j->rate, j->beta_1, j->one_minus_1,         \
+                      j->beta_2, j->one_minus_2, j->epsilon);                        \
+}                                                                                    \
+/* split into ranges of elements */                                                  \
 static void pylstm_adam_update_##tag(int level, long n, T *param, const T *grad,     \
                                      T *first, T *second, T rate, T beta_1,          \
                                      T one_minus_1, T beta_2, T one_minus_2,         \
                                      T epsilon) {                                    \
-    PYLSTM_LEVEL_CALL(pylstm_adam_update, tag, level, n, param, grad, first, second, \
-                      rate, beta_1, one_minus_1, beta_2, one_minus_2, epsilon);      \
+    pylstm_adam_job_##tag job = {level, param, grad, first, second, rate, beta_1,    \
+                                 one_minus_1, beta_2, one_minus_2, epsilon};         \
+    pylstm_parallel_range(n, PYLSTM_MOVES_PER_PART, pylstm_adam_part_##tag, &job);   \
+}                                                                                    \
+typedef struct {                                                                     \
+    int level; T *param; const T *grad; T *velocity; T rate, momentum; int nesterov; \
+} pylstm_sgd_job_##tag;                                                              \
+static void pylstm_sgd_part_##tag(void *context, long begin, long end) {            \
+    const pylstm_sgd_job_##tag *j = context;                                         \
+    PYLSTM_LEVEL_CALL(pylstm_sgd_update, tag, j->level, end - begin, j->param + begin, \
+                      j->grad + begin, j->velocity + begin, j->rate, j->momentum,    \
+                      j->nesterov);                                                  \
 }                                                                                    \
 static void pylstm_sgd_update_##tag(int level, long n, T *param, const T *grad,      \
                                     T *velocity, T rate, T momentum, int nesterov) { \
-    PYLSTM_LEVEL_CALL(pylstm_sgd_update, tag, level, n, param, grad, velocity, rate, \
-                      momentum, nesterov);                                           \
+    pylstm_sgd_job_##tag job = {level, param, grad, velocity, rate, momentum,        \
+                                nesterov};                                           \
+    pylstm_parallel_range(n, PYLSTM_MOVES_PER_PART, pylstm_sgd_part_##tag, &job);    \
 }
 PYLSTM_CELL_DISPATCH(float, f32)
 PYLSTM_CELL_DISPATCH(double, f64)

@@ -89,6 +89,25 @@ def test_sgd_matches_the_scalar_formula(rng, monkeypatch, simd_level, dtype, rto
     np.testing.assert_allclose(sgd._velocities[0], velocity, rtol=rtol, atol=rtol)
 
 
+@pytest.mark.parametrize("make", [lambda: Adam([40_000], np.float32, 0.01),
+                                  lambda: SGD([40_000], np.float32, 0.1)])
+def test_optimizer_updates_are_bitwise_the_same_at_any_thread_count(rng, make):
+    """A long vector is updated in parts on pylstm's threads, each element as on one."""
+    import pylstm
+    start = rng.normal(size=40_000).astype(np.float32)
+    grads = [rng.normal(size=40_000).astype(np.float32) for _ in range(3)]
+    results = []
+    for n in (1, 2, 3):
+        param, optimizer = start.copy(), make()
+        with pylstm.threads(n):
+            for grad in grads:
+                optimizer.step([param], [grad])
+        results.append(param)
+    assert not np.array_equal(results[0], start)
+    for other in results[1:]:
+        assert np.array_equal(results[0], other)
+
+
 def test_optimizers_refuse_vectors_of_different_lengths():
     param, grad = np.zeros(5), np.zeros(4)
     with pytest.raises(ValueError, match="same length"):
