@@ -71,10 +71,12 @@ cdef extern from "_simd.h" nogil:
     bint pylstm_all_finite_f64(const double *values, long n)
     void pylstm_cell_backward_f32(int level, long H, long live, float *gates,
                                   const float *cell_prev, const float *tanh_cell,
-                                  const float *d_cell_out, float *d_cell, float *cell_out)
+                                  const float *d_cell_out, const float **out_grad,
+                                  float *d_cell, float *cell_out)
     void pylstm_cell_backward_f64(int level, long H, long live, double *gates,
                                   const double *cell_prev, const double *tanh_cell,
-                                  const double *d_cell_out, double *d_cell, double *cell_out)
+                                  const double *d_cell_out, const double **out_grad,
+                                  double *d_cell, double *cell_out)
     void pylstm_cell_forward_f64(int level, long H, long live, double *gates, const double *bias,
                                  double *cell, double *cell_out, double *tanh_cell)
     void pylstm_activations_f64(int level, int which, const double *x, double *out, long n)
@@ -191,15 +193,15 @@ cdef void _cell_forward_libm(Py_ssize_t H, Py_ssize_t live, float *gates, const 
 
 cdef inline void _cell_backward(int level, Py_ssize_t H, Py_ssize_t live, floating *gates,
                                 const floating *cell_prev, const floating *tanh_cell,
-                                const floating *d_cell_out, floating *d_cell,
-                                floating *cell_out) noexcept nogil:
+                                const floating *d_cell_out, const floating **out_grad,
+                                floating *d_cell, floating *cell_out) noexcept nogil:
     """[B3] Differentiates [F3], in place in ``gates``; see ``_cell_impl.h``."""
     if floating is float:
         pylstm_cell_backward_f32(level, H, live, gates, cell_prev, tanh_cell, d_cell_out,
-                                 d_cell, cell_out)
+                                 out_grad, d_cell, cell_out)
     else:
         pylstm_cell_backward_f64(level, H, live, gates, cell_prev, tanh_cell, d_cell_out,
-                                 d_cell, cell_out)
+                                 out_grad, d_cell, cell_out)
 
 
 cdef inline void _add_row_sums(int level, const floating *a, Py_ssize_t rows, Py_ssize_t cols,
@@ -498,6 +500,10 @@ cdef int _direction_backward(
     cdef floating *h_p = NULL         # a chunk of hidden_prev  for [B2] d_w_hh
     cdef floating *r_p = NULL         # a chunk of cell_out_all for [B4] d_w_hr
     cdef floating *left_t = NULL      # a chunk of d_gates.T or d_hidden_all.T
+    # (B,) where row b's dL/d(out) at the step lies: without a projection the
+    # cell backward adds it to d_hidden as it reads it, not in a pass of its own
+    cdef const floating **out_grad = NULL
+    cdef Py_ssize_t b
     cdef int status = 0
     if level != PYLSTM_PORTABLE:
         w_hh_p = pack_operand(level, NoTrans, G, P, w_hh, P)
@@ -513,6 +519,10 @@ cdef int _direction_backward(
         if w_hh_p == NULL or w_ih_p == NULL or left_t == NULL or x_p == NULL or h_p == NULL \
                 or (projects and (w_hr_p == NULL or r_p == NULL)):
             status = -1
+    if not projects:
+        out_grad = <const floating **> malloc(max(B, 1) * sizeof(floating *))
+        if out_grad == NULL:
+            status = -1
     if status == 0:
         # [B3] d_bias = d_gates.sum(axis=0), the same for b_ih and b_hh: summed
         # step by step below, while each step's rows are in cache
@@ -522,15 +532,19 @@ cdef int _direction_backward(
             t = step if reverse else T - 1 - step
             live = batch_sizes[t]
             row = offsets[t]
-            _add_output_grad(d_hidden, P, live, perm, T, t, grad_out, out_width, out_col)
             if projects:
+                # [B5] d_hidden += dL/d(out) at t
+                _add_output_grad(d_hidden, P, live, perm, T, t, grad_out, out_width, out_col)
                 # [B4] d_r = d_hidden @ w_hr : (live, P) @ (P, H); keep d_hidden for d_w_hr
                 memcpy(d_hidden_all + row * P, d_hidden, live * P * sizeof(floating))
                 matmul(level, NoTrans, NoTrans, live, H, P, d_hidden, P, w_hr, H, w_hr_p,
                        False, d_r, H)
+            else:
+                for b in range(live):   # [B5], added by the cell backward
+                    out_grad[b] = grad_out + (perm[b] * T + t) * out_width + out_col
             # [B3] gate and cell gradients, in place in gates[rows]
             _cell_backward(level, H, live, gates + row * G, cell_prev + row * H, tanh_cell + row * H,
-                           d_r, d_cell, cell_out_all + row * H if projects else NULL)
+                           d_r, out_grad, d_cell, cell_out_all + row * H if projects else NULL)
             _add_row_sums(level, gates + row * G, live, G, d_bias)
             # [B2] d_hidden[:live] = d_gates @ w_hh : (live, 4H) @ (4H, P)
             matmul(level, NoTrans, NoTrans, live, P, G, gates + row * G, G, w_hh, P, w_hh_p,
@@ -570,6 +584,7 @@ cdef int _direction_backward(
     free(h_p)
     free(r_p)
     free(left_t)
+    free(out_grad)
     return status
 
 

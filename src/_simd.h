@@ -151,7 +151,7 @@ enum { PYLSTM_PORTABLE = 0, PYLSTM_AVX2 = 1, PYLSTM_AVX512 = 2 };
 #define PYLSTM_CELL_DISPATCH(T, tag)                                                  \
 typedef struct {                                                                     \
     int level; long H; T *gates; const T *cell_prev, *tanh_cell, *d_cell_out;        \
-    T *d_cell, *cell_out;                                                            \
+    const T *const *out_grad; T *d_cell, *cell_out;                                  \
 } pylstm_cell_backward_job_##tag;                                                    \
 static void pylstm_cell_backward_part_##tag(void *context, long begin, long end) {  \
     const pylstm_cell_backward_job_##tag *j = context;                               \
@@ -159,15 +159,17 @@ static void pylstm_cell_backward_part_##tag(void *context, long begin, long end)
     PYLSTM_LEVEL_CALL(pylstm_cell_backward, tag, j->level, H, end - begin,           \
                       j->gates + begin * 4 * H, j->cell_prev + begin * H,            \
                       j->tanh_cell + begin * H, j->d_cell_out + begin * H,           \
+                      j->out_grad != NULL ? j->out_grad + begin : NULL,              \
                       j->d_cell + begin * H,                                         \
                       j->cell_out != NULL ? j->cell_out + begin * H : NULL);         \
 }                                                                                    \
 /* split by rows */                                                                  \
 static void pylstm_cell_backward_##tag(int level, long H, long live, T *gates,       \
                                        const T *cell_prev, const T *tanh_cell,       \
-                                       const T *d_cell_out, T *d_cell, T *cell_out) { \
+                                       const T *d_cell_out, const T *const *out_grad, \
+                                       T *d_cell, T *cell_out) {                     \
     pylstm_cell_backward_job_##tag job = {level, H, gates, cell_prev, tanh_cell,     \
-                                          d_cell_out, d_cell, cell_out};             \
+                                          d_cell_out, out_grad, d_cell, cell_out};   \
     pylstm_parallel_range(live, PYLSTM_CELLS_PER_PART / (H > 0 ? H : 1) + 1,         \
                           pylstm_cell_backward_part_##tag, &job);                    \
 }                                                                                    \
