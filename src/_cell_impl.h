@@ -67,12 +67,14 @@ EFN(pylstm_cell_backward)(long H, long live, SCALAR *gates, const SCALAR *cell_p
     }
 }
 
-/* sums += a.sum(axis=0) for a row-major (rows, cols): each column summed in
- * row order (vectorised across columns, so the order does not change). */
+/* sums += a.sum(axis=0) for a row-major (rows, cols) with rows lda apart:
+ * each column summed in row order (vectorised across columns, so the order
+ * does not change). */
 EATTR static void
-EFN(pylstm_add_row_sums)(const SCALAR *a, long rows, long cols, SCALAR *restrict sums) {
+EFN(pylstm_add_row_sums)(const SCALAR *a, long rows, long cols, long lda,
+                         SCALAR *restrict sums) {
     for (long j = 0; j < rows; ++j) {
-        const SCALAR *restrict row = a + j * cols;
+        const SCALAR *restrict row = a + j * lda;
         for (long k = 0; k < cols; ++k) sums[k] += row[k];
     }
 }

@@ -173,9 +173,19 @@ static void pylstm_cell_backward_##tag(int level, long H, long live, T *gates,  
     pylstm_parallel_range(live, PYLSTM_CELLS_PER_PART / (H > 0 ? H : 1) + 1,         \
                           pylstm_cell_backward_part_##tag, &job);                    \
 }                                                                                    \
+typedef struct { int level; const T *a; long rows, cols; T *sums; }                 \
+    pylstm_row_sums_job_##tag;                                                       \
+static void pylstm_row_sums_part_##tag(void *context, long begin, long end) {       \
+    const pylstm_row_sums_job_##tag *j = context;                                    \
+    PYLSTM_LEVEL_CALL(pylstm_add_row_sums, tag, j->level, j->a + begin, j->rows,     \
+                      end - begin, j->cols, j->sums + begin);                        \
+}                                                                                    \
+/* split by columns: each still summed over the rows in order */                     \
 static void pylstm_add_row_sums_##tag(int level, const T *a, long rows, long cols,   \
                                       T *sums) {                                     \
-    PYLSTM_LEVEL_CALL(pylstm_add_row_sums, tag, level, a, rows, cols, sums);         \
+    pylstm_row_sums_job_##tag job = {level, a, rows, cols, sums};                    \
+    pylstm_parallel_range(cols, PYLSTM_MOVES_PER_PART / (rows > 0 ? rows : 1) + 1,   \
+                          pylstm_row_sums_part_##tag, &job);                         \
 }                                                                                    \
 typedef struct {                                                                     \
     int level; T *param; const T *grad; T *first, *second;                           \
