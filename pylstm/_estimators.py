@@ -399,11 +399,12 @@ class _BaseLSTM(BaseEstimator):
                 d_out.reshape(-1, D * P)[...] = d_features
             else:
                 d_out[_step_mask(lengths, X.shape[1])] = d_features
-            gradients = lstm.backward(cache, grad_output=d_out)
+            gradients = lstm.backward(cache, grad_output=d_out, input_grad=False)
         else:
             d_h_n = np.zeros_like(h_n)
             d_h_n[-D:] = d_features.reshape(batch, D, P).transpose(1, 0, 2)
-            gradients = lstm.backward(cache, grad_state=(d_h_n, np.zeros_like(c_n)))
+            gradients = lstm.backward(cache, grad_state=(d_h_n, np.zeros_like(c_n)),
+                                      input_grad=False)
         grads = [gradients.flat, grad_head]
         if self.alpha:
             # scaled by the batch's sequence weight, as MLP's by its sample count

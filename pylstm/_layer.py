@@ -46,8 +46,9 @@ class Gradients:
 
     Attributes
     ----------
-    input : ndarray of shape (batch, time, input_size)
-        dL/dx; zero past each sequence's length.
+    input : ndarray of shape (batch, time, input_size), or None
+        dL/dx; zero past each sequence's length. None when
+        :meth:`LSTM.backward` was asked for ``input_grad=False``.
     state : tuple of ndarray
         (dL/dh0, dL/dc0), shapes (num_layers * num_directions, batch, P) and
         (num_layers * num_directions, batch, hidden_size).
@@ -58,7 +59,7 @@ class Gradients:
         :meth:`LSTM.parameters` (handy for optimizers).
     """
 
-    input: np.ndarray
+    input: np.ndarray | None
     state: State
     params: dict[str, np.ndarray]
     flat: np.ndarray
@@ -633,7 +634,7 @@ class LSTM:
 
     # ------------------------------------------------------------------ backward
     def backward(self, cache: _TrainCache, grad_output: Any = None,
-                 grad_state: State | None = None) -> Gradients:
+                 grad_state: State | None = None, *, input_grad: bool = True) -> Gradients:
         """Backpropagation through time for one :meth:`forward_train` call.
 
         Parameters
@@ -646,13 +647,21 @@ class LSTM:
             dL/d(out); entries past a sequence's length are ignored. Zeros if omitted.
         grad_state : tuple (dh_n, dc_n), optional
             dL/dh_n and dL/dc_n, shaped like (h_n, c_n). Zeros if omitted.
+        input_grad : bool, default True
+            Whether to compute dL/dx. Training on fixed inputs needs only the
+            parameter gradients (as with torch inputs that do not require
+            grad); False skips the first layer's (batch * time, 4H) @ (4H,
+            input_size) product and leaves ``Gradients.input`` None. The
+            other gradients are the same, bit for bit.
 
         Returns
         -------
         Gradients
-            ``input`` (batch, time, input_size), ``state`` (dh0, dc0),
+            ``input`` (batch, time, input_size) or None, ``state`` (dh0, dc0),
             ``params`` by torch name, and ``flat`` (all parameter gradients).
         """
+        if not isinstance(input_grad, (bool, np.bool_)):
+            raise TypeError(f"input_grad must be a bool, got {type(input_grad).__name__}")
         if not isinstance(cache, _TrainCache) or cache.owner is not self:
             raise TypeError("cache must be the third value returned by this layer's "
                             "forward_train")
@@ -686,7 +695,8 @@ class LSTM:
             d_cell_out = d_hidden_all = cell_out_all = None
         for layer in reversed(range(self.num_layers)):
             packed_x = cache.packed_inputs[layer]
-            d_packed_x = _empty(packed_x.shape, self.dtype)
+            needs_dx = layer > 0 or input_grad
+            d_packed_x = _empty(packed_x.shape, self.dtype) if needs_dx else None
             for direction in range(D):
                 index = layer * D + direction
                 suffix = f"l{layer}" + ("_reverse" if direction else "")
@@ -707,6 +717,9 @@ class LSTM:
                     grad_params[f"bias_hh_{suffix}"][:] = d_bias
                 dh0[index][packing.perm] = d_hidden
                 dc0[index][packing.perm] = d_cell
+            if not needs_dx:  # the first layer, with input_grad=False
+                grad_out = None
+                continue
             d_input = np.empty((batch, time, packed_x.shape[1]), self.dtype)
             if not packing.identity:  # the scatter writes live steps only
                 _kernel.zero_past_ends(d_input, packing.lengths)

@@ -472,7 +472,7 @@ cdef int _direction_backward(
     (N, P) and ``packed_x`` (N, I) come from the training forward pass.
     Out: d_hidden, d_cell hold dL/dh0, dL/dc0; ``gates`` holds dL/d(pre-activations);
     weight gradients are overwritten; ``d_packed_x`` receives dL/d(packed input),
-    added to what it holds if ``accumulate_dx``.
+    added to what it holds if ``accumulate_dx`` (NULL: not computed).
     Returns 0, or -1 if a packing buffer could not be allocated.
     """
     cdef Py_ssize_t G = 4 * H
@@ -507,7 +507,8 @@ cdef int _direction_backward(
     cdef int status = 0
     if level != PYLSTM_PORTABLE:
         w_hh_p = pack_operand(level, NoTrans, G, P, w_hh, P)
-        w_ih_p = pack_operand(level, NoTrans, G, I, w_ih, I)
+        if d_packed_x != NULL:
+            w_ih_p = pack_operand(level, NoTrans, G, I, w_ih, I)
         # a chunk ends with the first step (at most B rows) that brings it to chunk_rows
         max_rows = min(N, chunk_rows + B - 1)
         left_t = <floating *> aligned_malloc(max_rows * max(G, P) * sizeof(floating))
@@ -516,7 +517,8 @@ cdef int _direction_backward(
         if projects:
             w_hr_p = pack_operand(level, NoTrans, P, H, w_hr, H)
             r_p = <floating *> packed_buffer(level, floating is double, max_rows, H)
-        if w_hh_p == NULL or w_ih_p == NULL or left_t == NULL or x_p == NULL or h_p == NULL \
+        if w_hh_p == NULL or (d_packed_x != NULL and w_ih_p == NULL) or left_t == NULL \
+                or x_p == NULL or h_p == NULL \
                 or (projects and (w_hr_p == NULL or r_p == NULL)):
             status = -1
     if not projects:
@@ -567,9 +569,10 @@ cdef int _direction_backward(
                         transpose_into(level, hi - lo, P, d_hidden_all + lo * P, P, left_t)
                     _add_chunk_grad(level, P, H, hi - lo, d_hidden_all + lo * P, left_t,
                                     cell_out_all + lo * H, r_p, not first_chunk, d_w_hr)
-                # [B1] d_packed_x[lo:hi] (+)= d_gates[lo:hi] @ w_ih : (rows, 4H) @ (4H, I)
-                matmul(level, NoTrans, NoTrans, hi - lo, I, G, gates + lo * G, G, w_ih, I, w_ih_p,
-                       accumulate_dx, d_packed_x + lo * I, I)
+                if d_packed_x != NULL:
+                    # [B1] d_packed_x[lo:hi] (+)= d_gates[lo:hi] @ w_ih : (rows, 4H) @ (4H, I)
+                    matmul(level, NoTrans, NoTrans, hi - lo, I, G, gates + lo * G, G, w_ih, I,
+                           w_ih_p, accumulate_dx, d_packed_x + lo * I, I)
                 first_chunk = False
                 pending = hi if reverse else lo
         if first_chunk:  # no rows: the weight gradients are empty sums
@@ -916,7 +919,8 @@ def direction_backward(const floating[:, :, ::1] grad_out,
     tanh_cell (N, H), hidden_prev (N, P), packed_x (N, I) come from the
     training forward pass.
     d_cell_out (B, H), d_hidden_all (N, P), cell_out_all (N, H) are
-    workspaces used only when projecting (w_hr non-empty).
+    workspaces used only when projecting (w_hr non-empty). d_packed_x None:
+    dL/d(input) is not computed.
     """
     cdef Py_ssize_t B = grad_out.shape[0]
     cdef Py_ssize_t T = grad_out.shape[1]
@@ -930,6 +934,7 @@ def direction_backward(const floating[:, :, ::1] grad_out,
     cdef floating *d_cell_out_ptr = _ptr_or_null(d_cell_out)
     cdef floating *d_hidden_all_ptr = _ptr_or_null(d_hidden_all)
     cdef floating *cell_out_all_ptr = _ptr_or_null(cell_out_all)
+    cdef floating *d_packed_x_ptr = _ptr_or_null(d_packed_x)
     cdef int status
     with nogil:
         status = _direction_backward(B, T, I, H, P, reverse, level, &grad_out[0, 0, 0],
@@ -940,7 +945,7 @@ def direction_backward(const floating[:, :, ::1] grad_out,
                             &cell_prev[0, 0], &tanh_cell[0, 0], &hidden_prev[0, 0],
                             &packed_x[0, 0],
                             &d_w_ih[0, 0], &d_w_hh[0, 0], &d_bias[0], d_w_hr_ptr,
-                            &d_packed_x[0, 0], accumulate_dx,
+                            d_packed_x_ptr, accumulate_dx,
                             d_cell_out_ptr, d_hidden_all_ptr, cell_out_all_ptr)
     if status != 0:
         raise MemoryError("out of memory packing the operands of the backward pass")

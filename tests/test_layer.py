@@ -144,6 +144,43 @@ def test_forward_and_backward_match_reference(structure, case_name, dtype, rng):
         assert_close(grads.params[name], value, tol, f"{where} grad {name}")
 
 
+SIMD_LEVELS = [name for name, level in (("portable", 0), ("avx2", 1), ("avx512", 2))
+               if level <= pylstm._kernel.cpu_level()]
+
+
+@pytest.mark.parametrize("simd_level", SIMD_LEVELS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
+@pytest.mark.parametrize("structure", ["L1-uni-proj0", "L2-bi-proj0", "L2-uni-proj2"])
+def test_backward_without_input_grad_gives_the_same_parameter_gradients(
+        structure, dtype, simd_level, rng, monkeypatch):
+    """input_grad=False skips dL/dx only: every other gradient is bit for bit the same."""
+    monkeypatch.setenv("PYLSTM_SIMD", simd_level)
+    num_layers, bidirectional, proj_size = STRUCTURES[structure]
+    lstm = make_layer(num_layers, bidirectional, proj_size, dtype, input_size=3, hidden_size=20,
+                      random_state=int(rng.integers(2**31)))
+    inputs = random_inputs(lstm, 7, 9, rng, "mixed", True)
+    grads = {}
+    for input_grad in (True, False):
+        _, _, cache = lstm.forward_train(inputs["x"], state=inputs["state"],
+                                         lengths=inputs["lengths"])
+        grads[input_grad] = lstm.backward(cache, inputs["grad_out"], inputs["grad_state"],
+                                          input_grad=input_grad)
+    assert grads[True].input is not None and grads[False].input is None
+    np.testing.assert_array_equal(grads[False].flat, grads[True].flat)
+    for got, want in zip(grads[False].state, grads[True].state):
+        np.testing.assert_array_equal(got, want)
+    assert_close(grads[False].params["weight_ih_l0"],
+                 oracle(lstm, inputs)["grad_params"]["weight_ih_l0"], TOLERANCE[dtype],
+                 "grad weight_ih_l0 without input_grad")
+
+
+def test_backward_input_grad_must_be_a_bool():
+    lstm = make_layer(1, False, 0, np.float64, input_size=FEATURES, hidden_size=4)
+    _, _, cache = lstm.forward_train(GOOD_X)
+    with pytest.raises(TypeError, match="input_grad must be a bool, got str"):
+        lstm.backward(cache, input_grad="no")
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
 @pytest.mark.parametrize("which", ["output-only", "state-only", "neither"])
 def test_backward_with_missing_gradients(which, dtype, rng):
