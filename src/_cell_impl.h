@@ -20,50 +20,44 @@
 /* [B3] Differentiates [F3]: activated gates (live, 4H) -> pre-activation
  * gradients, in place. cell_prev (live, H) is c_{t-1}, tanh_cell (live, H)
  * tanh(c_t), both kept by the forward pass; d_cell_out (live, H) is
- * dL/d(o * tanh(c_t)), to which row b adds out_grad[b] (H values) when
- * out_grad is not NULL (dL/d(out) at this step, read where it lies); d_cell
- * (live, H) carries dL/dc_t in and dL/dc_{t-1} out. If cell_out is not NULL,
- * o * tanh(c_t) is written there (live, H), for the projection's weight
- * gradient. */
+ * dL/d(o * tanh(c_t)), to which row b's out_grad[b] (H values: dL/d(out) at
+ * this step, read where it lies) is first added in place when out_grad is
+ * not NULL; d_cell (live, H) carries dL/dc_t in and dL/dc_{t-1} out. If
+ * cell_out is not NULL, o * tanh(c_t) is written there (live, H), for the
+ * projection's weight gradient. */
 EATTR static void
 EFN(pylstm_cell_backward)(long H, long live, SCALAR *gates, const SCALAR *cell_prev,
-                          const SCALAR *tanh_cell, const SCALAR *d_cell_out,
+                          const SCALAR *tanh_cell, SCALAR *d_cell_out,
                           const SCALAR *const *out_grad, SCALAR *d_cell, SCALAR *cell_out) {
     for (long b = 0; b < live; ++b) {
         SCALAR *restrict z_i = gates + b * 4 * H, *restrict z_f = z_i + H;
         SCALAR *restrict z_g = z_i + 2 * H, *restrict z_o = z_i + 3 * H;
         const SCALAR *restrict c_prev = cell_prev + b * H;
         const SCALAR *restrict tanh_c = tanh_cell + b * H;
-        const SCALAR *restrict d_h = d_cell_out + b * H;
-        const SCALAR *restrict d_out = out_grad != NULL ? out_grad[b] : NULL;
+        SCALAR *restrict d_r = d_cell_out + b * H;
         SCALAR *restrict d_c_row = d_cell + b * H;
+        /* The rows never overlap: without ivdep GCC gives up on its alias
+         * checks (too many streams) and leaves these loops scalar. */
+        if (out_grad != NULL) {
+            const SCALAR *restrict d_out = out_grad[b];
+#pragma GCC ivdep
+            for (long j = 0; j < H; ++j) d_r[j] += d_out[j];
+        }
         if (cell_out != NULL) {
             SCALAR *restrict r = cell_out + b * H;
+#pragma GCC ivdep
             for (long j = 0; j < H; ++j) r[j] = z_o[j] * tanh_c[j];
         }
-        /* two loops rather than a test per element, so each vectorises */
-        if (d_out != NULL)
-            for (long j = 0; j < H; ++j) {
-                SCALAR i = z_i[j], f = z_f[j], g = z_g[j], o = z_o[j], t = tanh_c[j];
-                SCALAR d_r = d_h[j] + d_out[j];
-                SCALAR d_c = d_c_row[j] + d_r * o * (1 - t * t);
-                d_c_row[j] = d_c * f;
-                z_i[j] = d_c * g * i * (1 - i);
-                z_f[j] = d_c * c_prev[j] * f * (1 - f);
-                z_g[j] = d_c * i * (1 - g * g);
-                z_o[j] = d_r * t * o * (1 - o);
-            }
-        else
-            for (long j = 0; j < H; ++j) {
-                SCALAR i = z_i[j], f = z_f[j], g = z_g[j], o = z_o[j], t = tanh_c[j];
-                SCALAR d_r = d_h[j];
-                SCALAR d_c = d_c_row[j] + d_r * o * (1 - t * t);
-                d_c_row[j] = d_c * f;
-                z_i[j] = d_c * g * i * (1 - i);
-                z_f[j] = d_c * c_prev[j] * f * (1 - f);
-                z_g[j] = d_c * i * (1 - g * g);
-                z_o[j] = d_r * t * o * (1 - o);
-            }
+#pragma GCC ivdep
+        for (long j = 0; j < H; ++j) {
+            SCALAR i = z_i[j], f = z_f[j], g = z_g[j], o = z_o[j], t = tanh_c[j];
+            SCALAR d_c = d_c_row[j] + d_r[j] * o * (1 - t * t);
+            d_c_row[j] = d_c * f;
+            z_i[j] = d_c * g * i * (1 - i);
+            z_f[j] = d_c * c_prev[j] * f * (1 - f);
+            z_g[j] = d_c * i * (1 - g * g);
+            z_o[j] = d_r[j] * t * o * (1 - o);
+        }
     }
 }
 

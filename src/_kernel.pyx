@@ -71,11 +71,11 @@ cdef extern from "_simd.h" nogil:
     bint pylstm_all_finite_f64(const double *values, long n)
     void pylstm_cell_backward_f32(int level, long H, long live, float *gates,
                                   const float *cell_prev, const float *tanh_cell,
-                                  const float *d_cell_out, const float **out_grad,
+                                  float *d_cell_out, const float **out_grad,
                                   float *d_cell, float *cell_out)
     void pylstm_cell_backward_f64(int level, long H, long live, double *gates,
                                   const double *cell_prev, const double *tanh_cell,
-                                  const double *d_cell_out, const double **out_grad,
+                                  double *d_cell_out, const double **out_grad,
                                   double *d_cell, double *cell_out)
     void pylstm_cell_forward_f64(int level, long H, long live, double *gates, const double *bias,
                                  double *cell, double *cell_out, double *tanh_cell)
@@ -193,7 +193,7 @@ cdef void _cell_forward_libm(Py_ssize_t H, Py_ssize_t live, float *gates, const 
 
 cdef inline void _cell_backward(int level, Py_ssize_t H, Py_ssize_t live, floating *gates,
                                 const floating *cell_prev, const floating *tanh_cell,
-                                const floating *d_cell_out, const floating **out_grad,
+                                floating *d_cell_out, const floating **out_grad,
                                 floating *d_cell, floating *cell_out) noexcept nogil:
     """[B3] Differentiates [F3], in place in ``gates``; see ``_cell_impl.h``."""
     if floating is float:

@@ -150,7 +150,7 @@ enum { PYLSTM_PORTABLE = 0, PYLSTM_AVX2 = 1, PYLSTM_AVX512 = 2 };
 
 #define PYLSTM_CELL_DISPATCH(T, tag)                                                  \
 typedef struct {                                                                     \
-    int level; long H; T *gates; const T *cell_prev, *tanh_cell, *d_cell_out;        \
+    int level; long H; T *gates; const T *cell_prev, *tanh_cell; T *d_cell_out;      \
     const T *const *out_grad; T *d_cell, *cell_out;                                  \
 } pylstm_cell_backward_job_##tag;                                                    \
 static void pylstm_cell_backward_part_##tag(void *context, long begin, long end) {  \
@@ -166,7 +166,7 @@ static void pylstm_cell_backward_part_##tag(void *context, long begin, long end)
 /* split by rows */                                                                  \
 static void pylstm_cell_backward_##tag(int level, long H, long live, T *gates,       \
                                        const T *cell_prev, const T *tanh_cell,       \
-                                       const T *d_cell_out, const T *const *out_grad, \
+                                       T *d_cell_out, const T *const *out_grad,       \
                                        T *d_cell, T *cell_out) {                     \
     pylstm_cell_backward_job_##tag job = {level, H, gates, cell_prev, tanh_cell,     \
                                           d_cell_out, out_grad, d_cell, cell_out};   \
