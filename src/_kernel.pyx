@@ -749,7 +749,7 @@ def matmul_rows(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, 
 def adam_update(floating[::1] param, const floating[::1] grad, floating[::1] first,
                 floating[::1] second, double rate, double beta_1, double beta_2,
                 double epsilon):
-    """One Adam update of ``param`` in place (``_optimizers.Adam`` checks the arguments).
+    """One Adam update of ``param`` in place (for ``_optimizers.Adam``; lengths checked here).
 
     ``rate`` already holds the bias correction; the moments are updated in place.
     """
@@ -773,7 +773,7 @@ def adam_update(floating[::1] param, const floating[::1] grad, floating[::1] fir
 
 def sgd_update(floating[::1] param, const floating[::1] grad, floating[::1] velocity,
                double rate, double momentum, bint nesterov):
-    """One SGD-with-momentum update of ``param`` and ``velocity`` in place (checked by ``_optimizers.SGD``)."""
+    """One SGD-with-momentum update of ``param`` and ``velocity`` in place (for ``_optimizers.SGD``)."""
     cdef long n = param.shape[0]
     cdef int level = pylstm_simd_level()
     if grad.shape[0] != n or velocity.shape[0] != n:

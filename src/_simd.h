@@ -347,34 +347,26 @@ static void pylstm_gemm_##tag(int level, int M, int N, int K, const T *a, long a
     else if (level == PYLSTM_AVX2)                                                        \
         pylstm_gemm_##tag##_avx2(M, N, K, a, a_row, a_col, packed_b, c, ldc, accumulate);   \
 }                                                                                         \
-typedef struct { int level; long rows; const T *src; long ld_src; T *dst; }               \
+typedef struct { int level; long rows, cols; const T *src; long ld_src; T *dst; }         \
     pylstm_transpose_job_##tag;                                                           \
-/* columns [32 begin, 32 end) of src: rows of dst, and whole cache blocks */              \
+/* 32-column blocks [begin, end) of src (the last one may be narrower): rows of dst */    \
 static void pylstm_transpose_part_##tag(void *context, long begin, long end) {           \
     const pylstm_transpose_job_##tag *j = context;                                        \
-    long cols = 32 * (end - begin);                                                       \
-    const T *src = j->src + 32 * begin;                                                   \
-    T *dst = j->dst + 32 * begin * j->rows;                                               \
+    long c0 = 32 * begin, c1 = 32 * end < j->cols ? 32 * end : j->cols;                   \
     if (j->level == PYLSTM_AVX512)                                                        \
-        pylstm_transpose_##tag##_avx512(j->rows, cols, src, j->ld_src, dst);              \
+        pylstm_transpose_##tag##_avx512(j->rows, c1 - c0, j->src + c0, j->ld_src,         \
+                                        j->dst + c0 * j->rows);                           \
     else if (j->level == PYLSTM_AVX2)                                                     \
-        pylstm_transpose_##tag##_avx2(j->rows, cols, src, j->ld_src, dst);                \
+        pylstm_transpose_##tag##_avx2(j->rows, c1 - c0, j->src + c0, j->ld_src,           \
+                                      j->dst + c0 * j->rows);                             \
 }                                                                                         \
-/* dst (cols, rows) = src (rows, cols).T; split by columns of src, in multiples of 32 */  \
+/* dst (cols, rows) = src (rows, cols).T; split by blocks of 32 columns of src */         \
 static void pylstm_transpose_##tag(int level, long rows, long cols, const T *src,         \
                                    long ld_src, T *dst) {                                 \
-    pylstm_transpose_job_##tag job = {level, rows, src, ld_src, dst};                     \
-    long whole = cols / 32;                                                               \
-    pylstm_parallel_range(whole, PYLSTM_MOVES_PER_PART / (32 * (rows > 0 ? rows : 1)) + 1, \
+    pylstm_transpose_job_##tag job = {level, rows, cols, src, ld_src, dst};               \
+    pylstm_parallel_range((cols + 31) / 32,                                               \
+                          PYLSTM_MOVES_PER_PART / (32 * (rows > 0 ? rows : 1)) + 1,       \
                           pylstm_transpose_part_##tag, &job);                             \
-    if (whole * 32 < cols) {  /* the last columns */                                      \
-        if (level == PYLSTM_AVX512)                                                       \
-            pylstm_transpose_##tag##_avx512(rows, cols - whole * 32, src + whole * 32,    \
-                                            ld_src, dst + whole * 32 * rows);             \
-        else if (level == PYLSTM_AVX2)                                                    \
-            pylstm_transpose_##tag##_avx2(rows, cols - whole * 32, src + whole * 32,      \
-                                          ld_src, dst + whole * 32 * rows);               \
-    }                                                                                     \
 }
 #if PYLSTM_HAVE_SIMD
 PYLSTM_GEMM_DISPATCH(float, f32)
