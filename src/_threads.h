@@ -28,7 +28,6 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <stdatomic.h>
-#include <unistd.h>
 
 #define PYLSTM_MAX_THREADS 64
 /* pause-loop iterations a worker spins before sleeping (~tens of microseconds) */
@@ -60,9 +59,8 @@ static struct {
     pylstm_task task;
     void *context;
     int wanted;                  /* pylstm.set_num_threads */
-    pid_t owner;                 /* process that started the workers */
     long taken_over;             /* parts beyond part 0 that callers ran (tests read it) */
-} pylstm_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0};
+} pylstm_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 0, 0, 0, 1, 0};
 
 /* Claim and run parts of region `generation` until none is left; returns how many. */
 static int pylstm_pool_work(unsigned long generation) {
@@ -120,7 +118,6 @@ static void pylstm_pool_after_fork(void) {
     atomic_store(&pylstm_pool.busy, 0);
     atomic_store(&pylstm_pool.sleepers, 0);
     pylstm_pool.n_workers = 0;
-    pylstm_pool.owner = getpid();
 }
 
 static atomic_int pylstm_pool_registered;
@@ -151,11 +148,9 @@ static int pylstm_parallel(int max_parts, pylstm_task task, void *context) {
         task(context, 0, 1);
         return 1;
     }
+    /* before any worker starts: a child of fork() then always resets the pool
+     * (no getpid() check here: it is a system call, and this runs every step) */
     pylstm_pool_register();
-    if (pylstm_pool.owner != getpid()) {  /* first use, or a child after fork(): no workers */
-        pylstm_pool.n_workers = 0;
-        pylstm_pool.owner = getpid();
-    }
     unsigned long generation = pylstm_pool_generation();
     while (pylstm_pool.n_workers < n - 1) {
         unsigned long *seen = malloc(sizeof *seen);
