@@ -274,13 +274,31 @@ static long pylstm_packed_size(int level, int H, int P, int I) {
     return (long)((H + width - 1) / width) * width * 4 * (P + I);
 }
 
-/* Pack w_hh (4H, P) and optionally w_ih (4H, I) (I = 0: none) for pylstm_step. */
+typedef struct { int level, H, P, I; const float *w_hh, *w_ih; float *packed; }
+    pylstm_pack_weights_job;
+
+static void pylstm_pack_weights_part(void *context, long u_begin, long u_end) {
+    const pylstm_pack_weights_job *j = context;
+#if PYLSTM_HAVE_SIMD
+    if (j->level == PYLSTM_AVX512)
+        pylstm_pack_weights_avx512(j->H, j->P, j->I, (int)u_begin, (int)u_end, j->w_hh,
+                                   j->w_ih, j->packed);
+    else if (j->level == PYLSTM_AVX2)
+        pylstm_pack_weights_avx2(j->H, j->P, j->I, (int)u_begin, (int)u_end, j->w_hh,
+                                 j->w_ih, j->packed);
+#endif
+}
+
+/* Pack w_hh (4H, P) and optionally w_ih (4H, I) (I = 0: none) for
+ * pylstm_step; split by unit blocks across pylstm's threads, as a step is. */
 static void pylstm_pack_weights(int level, int H, int P, int I, const float *w_hh,
                                 const float *w_ih, float *packed) {
-#if PYLSTM_HAVE_SIMD
-    if (level == PYLSTM_AVX512) pylstm_pack_weights_avx512(H, P, I, w_hh, w_ih, packed);
-    else if (level == PYLSTM_AVX2) pylstm_pack_weights_avx2(H, P, I, w_hh, w_ih, packed);
-#endif
+    int width = pylstm_panel_width(level);
+    if (width == 0) return;
+    long n_blocks = (H + width - 1) / width, panel = (long)(P + I) * 4 * width;
+    pylstm_pack_weights_job job = {level, H, P, I, w_hh, w_ih, packed};
+    pylstm_parallel_range(n_blocks, PYLSTM_MOVES_PER_PART / (panel > 0 ? panel : 1) + 1,
+                          pylstm_pack_weights_part, &job);
 }
 
 /* One fused step at a level; see _simd_impl.h for what each argument holds.
@@ -385,26 +403,30 @@ static void pylstm_transpose_f64(int l, long r, long c, const double *s, long ld
 
 /* Whether every value is finite: no exponent field all ones (inf or NaN).
  * Integer tests on the bits vectorise at -O3 on any x86-64; a floating-point
- * test would not (without -ffast-math the compiler keeps the sum's order). */
-static int pylstm_all_finite_f32(const float *values, long n) {
-    unsigned int bad = 0;
-    for (long k = 0; k < n; ++k) {
-        unsigned int bits;
-        memcpy(&bits, values + k, sizeof bits);
-        bad |= (bits & 0x7f800000u) == 0x7f800000u;
-    }
-    return !bad;
+ * test would not (without -ffast-math the compiler keeps the sum's order).
+ * Split across pylstm's threads: the inputs it checks (x, grad_output) come
+ * from memory, and the check runs before the kernel with nothing else to do. */
+#define PYLSTM_FINITE_PER_PART 65536
+#define PYLSTM_ALL_FINITE(T, tag, U, exponent)                                        \
+typedef struct { const T *values; atomic_int bad; } pylstm_finite_job_##tag;          \
+static void pylstm_finite_part_##tag(void *context, long begin, long end) {           \
+    pylstm_finite_job_##tag *job = context;                                           \
+    U bad = 0;                                                                        \
+    for (long k = begin; k < end; ++k) {                                              \
+        U bits;                                                                       \
+        memcpy(&bits, job->values + k, sizeof bits);                                  \
+        bad |= (bits & exponent) == exponent;                                         \
+    }                                                                                 \
+    if (bad) atomic_store_explicit(&job->bad, 1, memory_order_relaxed);               \
+}                                                                                     \
+static int pylstm_all_finite_##tag(const T *values, long n) {                         \
+    pylstm_finite_job_##tag job = {values, 0};                                        \
+    pylstm_parallel_range(n, PYLSTM_FINITE_PER_PART, pylstm_finite_part_##tag, &job); \
+    return !atomic_load_explicit(&job.bad, memory_order_relaxed);                      \
 }
-
-static int pylstm_all_finite_f64(const double *values, long n) {
-    unsigned long long bad = 0;
-    for (long k = 0; k < n; ++k) {
-        unsigned long long bits;
-        memcpy(&bits, values + k, sizeof bits);
-        bad |= (bits & 0x7ff0000000000000ull) == 0x7ff0000000000000ull;
-    }
-    return !bad;
-}
+PYLSTM_ALL_FINITE(float, f32, unsigned int, 0x7f800000u)
+PYLSTM_ALL_FINITE(double, f64, unsigned long long, 0x7ff0000000000000ull)
+#undef PYLSTM_ALL_FINITE
 
 /* Vector sigmoid (which=0) or tanh (which=1) at a level, for the tests. */
 static int pylstm_vector_activation(int level, int which, const float *x, float *out, long n) {

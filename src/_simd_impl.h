@@ -143,15 +143,16 @@ FN(pylstm_activations)(int which, const float *x, float *out, long n) {
     }
 }
 
-/* Pack w_hh (4H, P) and, if I > 0, w_ih (4H, I) into panels of VW units:
+/* Pack w_hh (4H, P) and, if I > 0, w_ih (4H, I) into panels of VW units
+ * (blocks [u_begin, u_end) of them):
  * panel u holds K = P + I rows of 4 * VW floats, row k = (gate, lane) ->
  * w_hh[gate * H + u * VW + lane, k] for k < P, then w_ih[..., k - P];
  * zero for units >= H. The panels are one contiguous stream. */
 __attribute__((target(TARGET))) static void
-FN(pylstm_pack_weights)(int H, int P, int I, const float *w_hh, const float *w_ih,
-                        float *packed) {
-    int n_blocks = (H + VW - 1) / VW, K = P + I;
-    for (int u = 0; u < n_blocks; ++u)
+FN(pylstm_pack_weights)(int H, int P, int I, int u_begin, int u_end, const float *w_hh,
+                        const float *w_ih, float *packed) {
+    int K = P + I;
+    for (int u = u_begin; u < u_end; ++u)
         for (int k = 0; k < K; ++k)
             for (int gate = 0; gate < 4; ++gate)
                 for (int lane = 0; lane < VW; ++lane) {

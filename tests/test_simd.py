@@ -532,12 +532,18 @@ def test_matmul_rows_multiplies_and_checks_shapes(dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_all_finite_finds_one_bad_value_anywhere(dtype, bad):
-    values = np.random.default_rng(0).uniform(-1, 1, 1000).astype(dtype)
-    values[[0, 1, -1]] = np.finfo(dtype).max, -np.finfo(dtype).max, np.finfo(dtype).tiny
-    assert _kernel.all_finite(values)
-    for position in (0, 1, 15, 16, 17, 500, 998, 999):
-        spoiled = values.copy()
-        spoiled[position] = bad
-        assert not _kernel.all_finite(spoiled)
-        assert not _kernel.all_finite(spoiled[position:position + 1])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_all_finite_finds_one_bad_value_anywhere(dtype, bad, threads):
+    # 200,003 values: split into three parts on three threads (65,536 or more each)
+    for n in (1000, 200_003):
+        values = np.random.default_rng(0).uniform(-1, 1, n).astype(dtype)
+        values[[0, 1, -1]] = np.finfo(dtype).max, -np.finfo(dtype).max, np.finfo(dtype).tiny
+        parts = max(1, min(threads, n // 65536))
+        edges = [n * part // parts + shift for part in range(1, parts) for shift in (-1, 0)]
+        with pylstm.threads(threads):
+            assert _kernel.all_finite(values)
+            for position in (0, 1, 15, 16, 17, 500, n - 2, n - 1, *edges):
+                spoiled = values.copy()
+                spoiled[position] = bad
+                assert not _kernel.all_finite(spoiled)
+                assert not _kernel.all_finite(spoiled[position:position + 1])
