@@ -67,12 +67,19 @@ GFN(pylstm_pack_b)(int K, int N, int k_begin, int k_end, const SCALAR *b, long b
 #define TB 8
 #endif
 __attribute__((target(TARGET), always_inline)) static inline void
-GFN(transpose_block)(const SCALAR *src, long ld_src, SCALAR *dst, long ld_dst) {
+GFN(transpose_block)(const SCALAR *src, long ld_src, SCALAR *dst, long ld_dst, SCALAR *sums) {
 #if TB == 8
     __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + ld_src);
     __m256 r2 = _mm256_loadu_ps(src + 2 * ld_src), r3 = _mm256_loadu_ps(src + 3 * ld_src);
     __m256 r4 = _mm256_loadu_ps(src + 4 * ld_src), r5 = _mm256_loadu_ps(src + 5 * ld_src);
     __m256 r6 = _mm256_loadu_ps(src + 6 * ld_src), r7 = _mm256_loadu_ps(src + 7 * ld_src);
+    if (sums != NULL) {  /* each column's sum over the rows, in row order */
+        __m256 s = _mm256_loadu_ps(sums);
+        s = _mm256_add_ps(s, r0); s = _mm256_add_ps(s, r1); s = _mm256_add_ps(s, r2);
+        s = _mm256_add_ps(s, r3); s = _mm256_add_ps(s, r4); s = _mm256_add_ps(s, r5);
+        s = _mm256_add_ps(s, r6); s = _mm256_add_ps(s, r7);
+        _mm256_storeu_ps(sums, s);
+    }
     /* pairs of rows interleaved, then quads, then the 128-bit halves swapped */
     __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
     __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
@@ -93,6 +100,12 @@ GFN(transpose_block)(const SCALAR *src, long ld_src, SCALAR *dst, long ld_dst) {
 #else
     __m256d r0 = _mm256_loadu_pd(src), r1 = _mm256_loadu_pd(src + ld_src);
     __m256d r2 = _mm256_loadu_pd(src + 2 * ld_src), r3 = _mm256_loadu_pd(src + 3 * ld_src);
+    if (sums != NULL) {  /* each column's sum over the rows, in row order */
+        __m256d s = _mm256_loadu_pd(sums);
+        s = _mm256_add_pd(s, r0); s = _mm256_add_pd(s, r1);
+        s = _mm256_add_pd(s, r2); s = _mm256_add_pd(s, r3);
+        _mm256_storeu_pd(sums, s);
+    }
     __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
     __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
     _mm256_storeu_pd(dst, _mm256_permute2f128_pd(t0, t2, 0x20));
@@ -104,9 +117,12 @@ GFN(transpose_block)(const SCALAR *src, long ld_src, SCALAR *dst, long ld_dst) {
 
 /* dst (cols, rows) = src (rows, cols).T, src with leading dimension ld_src;
  * in 32 x 32 blocks so both sides stay in cache, each made of TB x TB
- * register transposes (scalar copies at the edges). */
+ * register transposes (scalar copies at the edges). If sums is not NULL,
+ * sums[j] += src[i, j] over the rows in order, from the registers the
+ * transpose loads (backward's bias gradient needs no pass of its own). */
 __attribute__((target(TARGET))) static void
-GFN(pylstm_transpose)(long rows, long cols, const SCALAR *src, long ld_src, SCALAR *dst) {
+GFN(pylstm_transpose)(long rows, long cols, const SCALAR *src, long ld_src, SCALAR *dst,
+                      SCALAR *sums) {
     const long block = 32;
     for (long i0 = 0; i0 < rows; i0 += block)
         for (long j0 = 0; j0 < cols; j0 += block) {
@@ -116,12 +132,19 @@ GFN(pylstm_transpose)(long rows, long cols, const SCALAR *src, long ld_src, SCAL
             for (; i + TB <= i1; i += TB) {
                 long j = j0;
                 for (; j + TB <= j1; j += TB)
-                    GFN(transpose_block)(src + i * ld_src + j, ld_src, dst + j * rows + i, rows);
+                    GFN(transpose_block)(src + i * ld_src + j, ld_src, dst + j * rows + i, rows,
+                                         sums != NULL ? sums + j : NULL);
                 for (; j < j1; ++j)
-                    for (long ii = i; ii < i + TB; ++ii) dst[j * rows + ii] = src[ii * ld_src + j];
+                    for (long ii = i; ii < i + TB; ++ii) {
+                        dst[j * rows + ii] = src[ii * ld_src + j];
+                        if (sums != NULL) sums[j] += src[ii * ld_src + j];
+                    }
             }
             for (; i < i1; ++i)
-                for (long j = j0; j < j1; ++j) dst[j * rows + i] = src[i * ld_src + j];
+                for (long j = j0; j < j1; ++j) {
+                    dst[j * rows + i] = src[i * ld_src + j];
+                    if (sums != NULL) sums[j] += src[i * ld_src + j];
+                }
         }
 }
 #undef TB

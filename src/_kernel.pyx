@@ -527,7 +527,8 @@ cdef int _direction_backward(
             status = -1
     if status == 0:
         # [B3] d_bias = d_gates.sum(axis=0), the same for b_ih and b_hh: summed
-        # step by step below, while each step's rows are in cache
+        # by each chunk's transpose below (SIMD levels: from its registers,
+        # each chunk's rows in order), or step by step (BLAS level)
         memset(d_bias, 0, G * sizeof(floating))
         for step in range(T):
             # Undo the forward order: the forward direction ran t = 0..T-1.
@@ -547,7 +548,8 @@ cdef int _direction_backward(
             # [B3] gate and cell gradients, in place in gates[rows]
             _cell_backward(level, H, live, gates + row * G, cell_prev + row * H, tanh_cell + row * H,
                            d_r, out_grad, d_cell, cell_out_all + row * H if projects else NULL)
-            _add_row_sums(level, gates + row * G, live, G, d_bias)
+            if level == PYLSTM_PORTABLE:
+                _add_row_sums(level, gates + row * G, live, G, d_bias)
             # [B2] d_hidden[:live] = d_gates @ w_hh : (live, 4H) @ (4H, P)
             matmul(level, NoTrans, NoTrans, live, P, G, gates + row * G, G, w_hh, P, w_hh_p,
                    False, d_hidden, P)
@@ -558,7 +560,7 @@ cdef int _direction_backward(
             if hi - lo >= chunk_rows or (step == T - 1 and hi > lo):
                 # [B1] d_w_ih += d_gates.T @ packed_x; [B2] d_w_hh += d_gates.T @ hidden_prev
                 if level != PYLSTM_PORTABLE:
-                    transpose_into(level, hi - lo, G, gates + lo * G, G, left_t)
+                    transpose_into(level, hi - lo, G, gates + lo * G, G, left_t, d_bias)
                 _add_chunk_grad(level, G, I, hi - lo, gates + lo * G, left_t, packed_x + lo * I,
                                 x_p, not first_chunk, d_w_ih)
                 _add_chunk_grad(level, G, P, hi - lo, gates + lo * G, left_t,

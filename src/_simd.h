@@ -365,23 +365,25 @@ static void pylstm_gemm_##tag(int level, int M, int N, int K, const T *a, long a
     else if (level == PYLSTM_AVX2)                                                        \
         pylstm_gemm_##tag##_avx2(M, N, K, a, a_row, a_col, packed_b, c, ldc, accumulate);   \
 }                                                                                         \
-typedef struct { int level; long rows, cols; const T *src; long ld_src; T *dst; }         \
+typedef struct { int level; long rows, cols; const T *src; long ld_src; T *dst, *sums; } \
     pylstm_transpose_job_##tag;                                                           \
 /* 32-column blocks [begin, end) of src (the last one may be narrower): rows of dst */    \
 static void pylstm_transpose_part_##tag(void *context, long begin, long end) {           \
     const pylstm_transpose_job_##tag *j = context;                                        \
     long c0 = 32 * begin, c1 = 32 * end < j->cols ? 32 * end : j->cols;                   \
+    T *sums = j->sums != NULL ? j->sums + c0 : NULL;                                      \
     if (j->level == PYLSTM_AVX512)                                                        \
         pylstm_transpose_##tag##_avx512(j->rows, c1 - c0, j->src + c0, j->ld_src,         \
-                                        j->dst + c0 * j->rows);                           \
+                                        j->dst + c0 * j->rows, sums);                     \
     else if (j->level == PYLSTM_AVX2)                                                     \
         pylstm_transpose_##tag##_avx2(j->rows, c1 - c0, j->src + c0, j->ld_src,           \
-                                      j->dst + c0 * j->rows);                             \
+                                      j->dst + c0 * j->rows, sums);                       \
 }                                                                                         \
-/* dst (cols, rows) = src (rows, cols).T; split by blocks of 32 columns of src */         \
+/* dst (cols, rows) = src (rows, cols).T, and sums (cols) += src's column sums if not   \
+ * NULL; split by blocks of 32 columns of src (each column's sum stays with one part) */  \
 static void pylstm_transpose_##tag(int level, long rows, long cols, const T *src,         \
-                                   long ld_src, T *dst) {                                 \
-    pylstm_transpose_job_##tag job = {level, rows, cols, src, ld_src, dst};               \
+                                   long ld_src, T *dst, T *sums) {                        \
+    pylstm_transpose_job_##tag job = {level, rows, cols, src, ld_src, dst, sums};         \
     pylstm_parallel_range((cols + 31) / 32,                                               \
                           PYLSTM_MOVES_PER_PART / (32 * (rows > 0 ? rows : 1)) + 1,       \
                           pylstm_transpose_part_##tag, &job);                             \
@@ -396,8 +398,10 @@ static void pylstm_gemm_f32(int l, int M, int N, int K, const float *a, long ar,
                             const float *p, float *c, long ldc, int acc) {}
 static void pylstm_gemm_f64(int l, int M, int N, int K, const double *a, long ar, long ac,
                             const double *p, double *c, long ldc, int acc) {}
-static void pylstm_transpose_f32(int l, long r, long c, const float *s, long ld, float *d) {}
-static void pylstm_transpose_f64(int l, long r, long c, const double *s, long ld, double *d) {}
+static void pylstm_transpose_f32(int l, long r, long c, const float *s, long ld, float *d,
+                                 float *sums) {}
+static void pylstm_transpose_f64(int l, long r, long c, const double *s, long ld, double *d,
+                                 double *sums) {}
 #endif
 #undef PYLSTM_GEMM_DISPATCH
 
