@@ -53,6 +53,7 @@ cdef extern from "unistd.h" nogil:
 
 cdef extern from "_simd.h" nogil:
     int PYLSTM_PORTABLE, PYLSTM_AVX2, PYLSTM_AVX512
+    void pylstm_set_l2_budget(long bytes)
     int pylstm_cpu_level()
     int pylstm_simd_level()
     long pylstm_packed_size(int level, int H, int P, int I)
@@ -634,6 +635,7 @@ def l2_cache_size():
 
 
 cdef Py_ssize_t _L2_BYTES = l2_cache_size() or (1 << 20)   # bytes; 1 MiB if unknown
+pylstm_set_l2_budget(3 * _L2_BYTES // 4)
 
 
 def pack_weights(const float[:, ::1] w_hh, const float[:, ::1] w_ih, int hidden_size,

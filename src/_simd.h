@@ -31,6 +31,11 @@
 
 enum { PYLSTM_PORTABLE = 0, PYLSTM_AVX2 = 1, PYLSTM_AVX512 = 2 };
 
+/* Bytes of one core's L2 that read-only weights may fill and still stay
+ * there between steps (3/4 of it, as the layer's rules use); set at import. */
+static long pylstm_l2_budget = 3L << 18;
+static void pylstm_set_l2_budget(long bytes) { if (bytes > 0) pylstm_l2_budget = bytes; }
+
 /* Keep four vectors in registers: a tile loads each panel vector once per k
  * and reuses it for every row. Left alone, GCC folds the load into each
  * row's FMA for tiles of fewer than NR rows, so every FMA reloads it from

@@ -273,12 +273,13 @@ FN(tile)(const int nr, const FN(pylstm_step_args) *a, int u, int width, int row0
 #undef STORE
 }
 
-/* [F1]+[F2]+[F3] for one time step over rows [0, live), unit blocks [u_begin, u_end). */
+/* [F1]+[F2]+[F3] for one time step over rows [row_begin, live), unit blocks [u_begin, u_end). */
 __attribute__((target(TARGET))) static void
-FN(pylstm_step_range)(const FN(pylstm_step_args) *a, int live, int u_begin, int u_end) {
+FN(pylstm_step_range)(const FN(pylstm_step_args) *a, int row_begin, int live, int u_begin,
+                      int u_end) {
     for (int u = u_begin; u < u_end; ++u) {
         int width = a->H - u * VW < VW ? a->H - u * VW : VW;
-        int row0 = 0, full_rows = live - live % NR;
+        int row0 = row_begin, full_rows = live - (live - row_begin) % NR;
         /* full tiles of NR rows, then one tile of the remaining rows; each
          * call has a constant row count so the tile unrolls into registers. */
 #if NR == 6
@@ -286,7 +287,8 @@ FN(pylstm_step_range)(const FN(pylstm_step_args) *a, int live, int u_begin, int 
          * from L2 for 4-8 FMAs per k (L2-bound), so the last full tile and it
          * become 4 + 3 or 4 + 4 rows: 32 rows = 6+6+6+6+4+4, not 6+6+6+6+6+2.
          * Each row's sums run in the same order either way. */
-        if (live % NR != 0 && live % NR <= 2 && full_rows >= NR) full_rows -= NR;
+        if ((live - row_begin) % NR != 0 && (live - row_begin) % NR <= 2
+            && full_rows - row_begin >= NR) full_rows -= NR;
 #endif
         for (; row0 < full_rows; row0 += NR) FN(tile)(NR, a, u, width, row0);
 #if NR == 6
@@ -311,22 +313,35 @@ FN(pylstm_step_range)(const FN(pylstm_step_args) *a, int live, int u_begin, int 
     }
 }
 
-typedef struct { const FN(pylstm_step_args) *args; int live, n_blocks; } FN(pylstm_step_job);
+typedef struct { const FN(pylstm_step_args) *args; int live, n_blocks, by_rows; } FN(pylstm_step_job);
 
 static void FN(pylstm_step_part)(void *context, int part, int n_parts) {
     const FN(pylstm_step_job) *job = context;
-    FN(pylstm_step_range)(job->args, job->live, (int)((long)job->n_blocks * part / n_parts),
-                          (int)((long)job->n_blocks * (part + 1) / n_parts));
+    if (job->by_rows)
+        FN(pylstm_step_range)(job->args, (int)((long)job->live * part / n_parts),
+                              (int)((long)job->live * (part + 1) / n_parts), 0, job->n_blocks);
+    else
+        FN(pylstm_step_range)(job->args, 0, job->live,
+                              (int)((long)job->n_blocks * part / n_parts),
+                              (int)((long)job->n_blocks * (part + 1) / n_parts));
 }
 
 /* One step, its unit blocks split across pylstm's threads when that pays. */
 __attribute__((target(TARGET))) static void
 FN(pylstm_step)(const FN(pylstm_step_args) *a, int live) {
-    FN(pylstm_step_job) job = {a, live, (a->H + VW - 1) / VW};
+    FN(pylstm_step_job) job = {a, live, (a->H + VW - 1) / VW, 0};
     /* a thread's share must outweigh waking it (~1 us): about 2^17 multiply-adds */
     long work = (long)live * 4 * a->H * (a->P + a->I);
     int max_parts = (int)(work >> 17);
-    if (max_parts > job.n_blocks) max_parts = job.n_blocks;
+    /* Split the rows when every core can keep all the panels in its own L2
+     * and each part gets two full tiles or more: a thread then reads and
+     * writes only its own rows of h, c and the outputs, so nothing crosses
+     * cores between steps. Otherwise split the unit blocks, so that each
+     * core streams only its share of the panels. */
+    long panel_bytes = (long)job.n_blocks * (a->P + a->I) * 4 * VW * (long)sizeof(float);
+    job.by_rows = live >= 4 * NR && panel_bytes <= pylstm_l2_budget;
+    int limit = job.by_rows ? live / (2 * NR) : job.n_blocks;
+    if (max_parts > limit) max_parts = limit;
     if (max_parts < 1) max_parts = 1;
     pylstm_parallel(max_parts, FN(pylstm_step_part), &job);
 }
