@@ -455,7 +455,11 @@ class _BaseLSTM(BaseEstimator):
             raise ValueError("partial_fit does not support early_stopping=True")
         if not incremental or not hasattr(self, "_optimizer"):
             self._optimizer = self._make_optimizer(dtype)
-        self._fit_stochastic(X, lengths, targets, sample_weight, incremental)
+        try:
+            self._fit_stochastic(X, lengths, targets, sample_weight, incremental)
+        finally:
+            # training reused its work buffers from step to step; a fitted model keeps none
+            self.lstm_._release_training_buffers()
         return self
 
     def _fit_stochastic(self, X: np.ndarray, lengths: np.ndarray | None, targets: np.ndarray,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
+import threading
 from numbers import Real
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
@@ -215,6 +216,36 @@ class LSTM:
         self._cache: dict[Any, Any] = {}
         self._cache_version = -1
         self._flat_refs = sys.getrefcount(self._flat)  # this object's own references
+        # The last consumed training cache's work buffers (gates, states, packed
+        # inputs), for the next forward_train to reuse. Allocated afresh, ~10 MiB
+        # per training step could go back to the OS and fault in again: up to ~850
+        # page faults (~1 ms) per step at the estimators' shape (30, 200, 8, 64).
+        self._spare_buffers: dict[tuple[int, ...], list[np.ndarray]] = {}
+        self._spare_lock = threading.Lock()
+
+    def _take_spares(self) -> dict[tuple[int, ...], list[np.ndarray]]:
+        """The spare training buffers, now the caller's alone (by shape)."""
+        with self._spare_lock:
+            spares, self._spare_buffers = self._spare_buffers, {}
+        return spares
+
+    def _work_buffer(self, spares: dict[tuple[int, ...], list[np.ndarray]],
+                     shape: tuple[int, ...]) -> np.ndarray:
+        """An aligned (uninitialised) buffer of ``shape``: a spare one if there is one."""
+        same = spares.get(shape)
+        return same.pop() if same else _empty(shape, self.dtype)
+
+    def _give_spares(self, buffers: list[np.ndarray]) -> None:
+        """Keep a consumed cache's buffers for the next forward_train (replacing older ones)."""
+        spares: dict[tuple[int, ...], list[np.ndarray]] = {}
+        for buffer in buffers:
+            spares.setdefault(buffer.shape, []).append(buffer)
+        with self._spare_lock:
+            self._spare_buffers = spares
+
+    def _release_training_buffers(self) -> None:
+        """Drop the spare training buffers (the estimators call this at the end of fit)."""
+        self._take_spares()
 
     def _params_changed(self) -> None:
         self._version += 1
@@ -369,7 +400,8 @@ class LSTM:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         # views into _flat are rebuilt on load so they stay views; caches are rebuilt too
-        for name in ("_params", "_version", "_cache", "_cache_version", "_flat_refs"):
+        for name in ("_params", "_version", "_cache", "_cache_version", "_flat_refs",
+                     "_spare_buffers", "_spare_lock"):
             del state[name]
         return state
 
@@ -502,6 +534,7 @@ class LSTM:
         if train:
             chunk_steps, rows = time, n_rows
             hidden_scratch = None
+            spares = self._take_spares()
         else:
             chunk_steps = _kernel.inference_chunk_steps(time, batch, _CHUNK_ROWS, _MIN_CHUNK_STEPS)
             rows = chunk_steps * batch
@@ -517,7 +550,7 @@ class LSTM:
             if not packing.identity:  # the kernel writes live steps only
                 _kernel.zero_past_ends(out, packing.lengths)
             if train:
-                packed_x = _empty((n_rows, width), self.dtype)
+                packed_x = self._work_buffer(spares, (n_rows, width))
                 _kernel.gather_inputs(layer_input, packing.perm, packing.batch_sizes, packed_x)
                 cache.packed_inputs.append(packed_x)
             else:
@@ -531,10 +564,10 @@ class LSTM:
                 else:
                     hidden, cell = h0[index][packing.perm], c0[index][packing.perm]
                 if train:
-                    gates = _empty((n_rows, 4 * H), self.dtype)
-                    hidden_prev = _empty((n_rows, P), self.dtype)
-                    cell_prev = _empty((n_rows, H), self.dtype)
-                    tanh_cell = _empty((n_rows, H), self.dtype)
+                    gates = self._work_buffer(spares, (n_rows, 4 * H))
+                    hidden_prev = self._work_buffer(spares, (n_rows, P))
+                    cell_prev = self._work_buffer(spares, (n_rows, H))
+                    tanh_cell = self._work_buffer(spares, (n_rows, H))
                     cache.gates.append(gates)
                     cache.hidden_prev.append(hidden_prev)
                     cache.cell_prev.append(cell_prev)
@@ -555,6 +588,8 @@ class LSTM:
                 out *= mask
                 cache.dropout_masks.append(mask)
             layer_input = out
+        if train:
+            self._give_spares([b for same in spares.values() for b in same])  # for backward
         return layer_input, (h_n, c_n), cache
 
     def _sequence_weights(self, layer: int, direction: int, fuse_input: bool, level: int):
@@ -687,16 +722,22 @@ class LSTM:
         grad_params = _views(flat_grad, self._layout)
         dh0 = np.empty_like(dh_n)
         dc0 = np.empty_like(dc_n)
+        spares = self._take_spares()     # what forward_train left: usually this pass's
+        work = [*cache.packed_inputs, *cache.gates, *cache.hidden_prev, *cache.cell_prev,
+                *cache.tanh_cell]       # kept for the next forward_train at the end
         if self.proj_size:
             d_cell_out = _empty((batch, H), self.dtype)
-            d_hidden_all = _empty((n_rows, P), self.dtype)
-            cell_out_all = _empty((n_rows, H), self.dtype)
+            d_hidden_all = self._work_buffer(spares, (n_rows, P))
+            cell_out_all = self._work_buffer(spares, (n_rows, H))
+            work += [d_hidden_all, cell_out_all]
         else:
             d_cell_out = d_hidden_all = cell_out_all = None
         for layer in reversed(range(self.num_layers)):
             packed_x = cache.packed_inputs[layer]
             needs_dx = layer > 0 or input_grad
-            d_packed_x = _empty(packed_x.shape, self.dtype) if needs_dx else None
+            d_packed_x = self._work_buffer(spares, packed_x.shape) if needs_dx else None
+            if needs_dx:
+                work.append(d_packed_x)
             for direction in range(D):
                 index = layer * D + direction
                 suffix = f"l{layer}" + ("_reverse" if direction else "")
@@ -727,8 +768,12 @@ class LSTM:
             if layer > 0 and cache.dropout_masks:
                 d_input *= cache.dropout_masks[layer - 1]
             grad_out = d_input
-        # The cache's gate buffers now hold gradients; drop them.
-        cache.gates.clear()
+        # The cache's buffers (the gate buffers now hold gradients) serve the next
+        # forward_train; the cache no longer refers to them.
+        for buffers in (cache.packed_inputs, cache.gates, cache.hidden_prev, cache.cell_prev,
+                        cache.tanh_cell):
+            buffers.clear()
+        self._give_spares(work)
         return Gradients(grad_out, (dh0, dc0), grad_params, flat_grad)
 
     # ------------------------------------------------------------------ streaming

@@ -126,6 +126,19 @@ def test_loss_falls_on_sign_of_running_sum(rng):
     assert clf.score(*sign_of_sum(rng)) > 0.85
 
 
+def test_fit_keeps_no_training_buffers(rng):
+    """Training reuses its work buffers from step to step; a fitted model (which may
+    live on in a service for inference only) must not keep ~10 MiB of them."""
+    X, y = sign_of_sum(rng)
+    clf = LSTMClassifier(hidden_size=16, max_iter=2, batch_size=20, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(X, y)
+        assert clf.lstm_._spare_buffers == {}
+        clf.partial_fit(X, y)
+    assert clf.lstm_._spare_buffers == {}
+
+
 @quiet
 def test_remembers_a_bit_across_20_steps_where_a_bag_of_features_cannot(rng):
     X, y = delayed_recall(rng)

@@ -841,6 +841,47 @@ def test_backward_differentiates_the_forward_pass_even_after_the_weights_change(
     assert not np.array_equal(lstm.flat_parameters, before)
 
 
+@pytest.mark.parametrize("dtype, proj_size", [(np.float32, 0), (np.float64, 3)])
+def test_training_buffers_reused_across_calls_change_nothing(dtype, proj_size):
+    """backward hands the cache's work buffers (gates, states, packed inputs) to the next
+    forward_train: whatever they held must not leak into a later pass, including one with
+    other shapes or lengths, or two caches alive at once."""
+    lstm = pylstm.LSTM(FEATURES, 8, num_layers=2, bidirectional=True, proj_size=proj_size,
+                       dtype=dtype, random_state=0)
+    rng = np.random.default_rng(4)
+    P = proj_size or 8
+
+    def case(batch, steps, with_lengths):
+        x = rng.standard_normal((batch, steps, FEATURES))
+        lengths = rng.integers(1, steps + 1, batch) if with_lengths else None
+        return x, lengths, rng.standard_normal((batch, steps, 2 * P))
+
+    def grads(layer, x, lengths, g, cache=None):
+        if cache is None:
+            cache = layer.forward_train(x, lengths=lengths)[2]
+        result = layer.backward(cache, g)
+        return result.flat, result.input, *result.state
+
+    def fresh_layer():
+        layer = pylstm.LSTM(FEATURES, 8, num_layers=2, bidirectional=True,
+                            proj_size=proj_size, dtype=dtype)
+        layer.load_state_dict(lstm.state_dict())
+        return layer
+
+    cases = [case(5, 7, False), case(5, 7, True), case(3, 9, True), case(5, 7, False)]
+    fresh = [grads(fresh_layer(), *c) for c in cases]
+    for c, want in zip(cases, fresh):          # each pass reuses the last one's buffers
+        for a, b in zip(grads(lstm, *c), want):
+            np.testing.assert_array_equal(a, b)
+    (x1, l1, g1), (x2, l2, g2) = cases[0], cases[1]
+    first = lstm.forward_train(x1, lengths=l1)[2]
+    second = lstm.forward_train(x2, lengths=l2)[2]   # both alive: no buffer shared
+    for a, b in zip(grads(lstm, x2, l2, g2, second), fresh[1]):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(grads(lstm, x1, l1, g1, first), fresh[0]):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_constructor_rejects_bad_hyperparameters():
     with pytest.raises(ValueError, match="proj_size"):
         pylstm.LSTM(input_size=3, hidden_size=4, proj_size=4)
