@@ -273,13 +273,14 @@ FN(tile)(const int nr, const FN(pylstm_step_args) *a, int u, int width, int row0
 #undef STORE
 }
 
-/* [F1]+[F2]+[F3] for one time step over rows [row_begin, live), unit blocks [u_begin, u_end). */
+/* [F1]+[F2]+[F3] for one time step over rows [row_begin, row_end), unit blocks [u_begin, u_end). */
 __attribute__((target(TARGET))) static void
-FN(pylstm_step_range)(const FN(pylstm_step_args) *a, int row_begin, int live, int u_begin,
+FN(pylstm_step_range)(const FN(pylstm_step_args) *a, int row_begin, int row_end, int u_begin,
                       int u_end) {
+    const int rows = row_end - row_begin;
     for (int u = u_begin; u < u_end; ++u) {
         int width = a->H - u * VW < VW ? a->H - u * VW : VW;
-        int row0 = row_begin, full_rows = live - (live - row_begin) % NR;
+        int row0 = row_begin, full_rows = row_end - rows % NR;
         /* full tiles of NR rows, then one tile of the remaining rows; each
          * call has a constant row count so the tile unrolls into registers. */
 #if NR == 6
@@ -287,14 +288,13 @@ FN(pylstm_step_range)(const FN(pylstm_step_args) *a, int row_begin, int live, in
          * from L2 for 4-8 FMAs per k (L2-bound), so the last full tile and it
          * become 4 + 3 or 4 + 4 rows: 32 rows = 6+6+6+6+4+4, not 6+6+6+6+6+2.
          * Each row's sums run in the same order either way. */
-        if ((live - row_begin) % NR != 0 && (live - row_begin) % NR <= 2
-            && full_rows - row_begin >= NR) full_rows -= NR;
+        if (rows % NR != 0 && rows % NR <= 2 && full_rows - row_begin >= NR) full_rows -= NR;
 #endif
         for (; row0 < full_rows; row0 += NR) FN(tile)(NR, a, u, width, row0);
 #if NR == 6
-        if (live - row0 > NR) { FN(tile)(4, a, u, width, row0); row0 += 4; }
+        if (row_end - row0 > NR) { FN(tile)(4, a, u, width, row0); row0 += 4; }
 #endif
-        switch (live - row0) {
+        switch (row_end - row0) {
             case 1: FN(tile)(1, a, u, width, row0); break;
 #if NR > 2
             case 2: FN(tile)(2, a, u, width, row0); break;
@@ -313,7 +313,10 @@ FN(pylstm_step_range)(const FN(pylstm_step_args) *a, int row_begin, int live, in
     }
 }
 
-typedef struct { const FN(pylstm_step_args) *args; int live, n_blocks, by_rows; } FN(pylstm_step_job);
+typedef struct {
+    const FN(pylstm_step_args) *args;
+    int live, n_blocks, by_rows;     /* by_rows: parts take rows, else unit blocks */
+} FN(pylstm_step_job);
 
 static void FN(pylstm_step_part)(void *context, int part, int n_parts) {
     const FN(pylstm_step_job) *job = context;
@@ -326,7 +329,7 @@ static void FN(pylstm_step_part)(void *context, int part, int n_parts) {
                               (int)((long)job->n_blocks * (part + 1) / n_parts));
 }
 
-/* One step, its unit blocks split across pylstm's threads when that pays. */
+/* One step, its rows or its unit blocks split across pylstm's threads when that pays. */
 __attribute__((target(TARGET))) static void
 FN(pylstm_step)(const FN(pylstm_step_args) *a, int live) {
     FN(pylstm_step_job) job = {a, live, (a->H + VW - 1) / VW, 0};
