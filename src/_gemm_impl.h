@@ -302,9 +302,14 @@ GFN(pylstm_gemm)(int M, int N, int K, const SCALAR *a, long a_row, long a_col,
     long work = (long)M * N * (K > 0 ? K : 1);
     int max_parts = (int)(work >> 18);
     int tiles = (M + NR - 1) / NR;
-    /* split column blocks (each thread streams its share of B) unless there
-     * are too few of them to share out */
-    job.split_rows = job.n_blocks < 4 && tiles > job.n_blocks;
+    /* Split row tiles when every core can keep all of packed B in its own L2
+     * (each thread then reads only its own rows of A: backward's per-step
+     * product reads the rows of d_gates that its thread's share of the cell
+     * backward just wrote), or when there are too few column blocks to share
+     * out; else split column blocks, so each thread streams its share of B. */
+    long packed_bytes = (long)job.n_blocks * width * K * (long)sizeof(SCALAR);
+    job.split_rows = (job.n_blocks < 4 && tiles > job.n_blocks)
+                     || (packed_bytes <= pylstm_l2_budget && tiles >= 4);
     int limit = job.split_rows ? tiles : job.n_blocks;
     if (max_parts > limit) max_parts = limit;
     if (max_parts < 1) max_parts = 1;
