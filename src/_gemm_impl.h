@@ -291,10 +291,13 @@ static void GFN(pylstm_gemm_part)(void *context, int part, int n_parts) {
     }
 }
 
-/* C (M, N) = A @ B (+ C if accumulate); split across pylstm's threads when it is big enough. */
+/* C (M, N) = A @ B (+ C if accumulate); split across pylstm's threads when
+ * it is big enough. own_rows: the passes around this product split the rows
+ * of A and C across the threads too (backward's per-step product: the cell
+ * backward writes d_gates by rows and reads d_hidden by rows). */
 __attribute__((target(TARGET))) static void
 GFN(pylstm_gemm)(int M, int N, int K, const SCALAR *a, long a_row, long a_col,
-                 const SCALAR *packed_b, SCALAR *c, long ldc, int accumulate) {
+                 const SCALAR *packed_b, SCALAR *c, long ldc, int accumulate, int own_rows) {
     const int width = 4 * VW;
     GFN(pylstm_gemm_job) job = {M, N, K, (N + width - 1) / width, 0,
                                 a, a_row, a_col, packed_b, c, ldc, accumulate};
@@ -302,14 +305,15 @@ GFN(pylstm_gemm)(int M, int N, int K, const SCALAR *a, long a_row, long a_col,
     long work = (long)M * N * (K > 0 ? K : 1);
     int max_parts = (int)(work >> 18);
     int tiles = (M + NR - 1) / NR;
-    /* Split row tiles when every core can keep all of packed B in its own L2
-     * (each thread then reads only its own rows of A: backward's per-step
-     * product reads the rows of d_gates that its thread's share of the cell
-     * backward just wrote), or when there are too few column blocks to share
-     * out; else split column blocks, so each thread streams its share of B. */
+    /* Split row tiles when there are too few column blocks to share out, or
+     * for own_rows when every core can keep all of packed B in its own L2:
+     * each thread then reads and writes only rows that stay on its core.
+     * Else split column blocks, so each thread streams its share of B. (A
+     * row split for the input term of a batch-1 sequence, whose steps run
+     * on one thread, cost seq-small 7-14% at 2 threads.) */
     long packed_bytes = (long)job.n_blocks * width * K * (long)sizeof(SCALAR);
     job.split_rows = (job.n_blocks < 4 && tiles > job.n_blocks)
-                     || (packed_bytes <= pylstm_l2_budget && tiles >= 4);
+                     || (own_rows && packed_bytes <= pylstm_l2_budget && tiles >= 4);
     int limit = job.split_rows ? tiles : job.n_blocks;
     if (max_parts > limit) max_parts = limit;
     if (max_parts < 1) max_parts = 1;

@@ -553,7 +553,7 @@ cdef int _direction_backward(
                 _add_row_sums(level, gates + row * G, live, G, d_bias)
             # [B2] d_hidden[:live] = d_gates @ w_hh : (live, 4H) @ (4H, P)
             matmul(level, NoTrans, NoTrans, live, P, G, gates + row * G, G, w_hh, P, w_hh_p,
-                   False, d_hidden, P)
+                   False, d_hidden, P, own_rows=True)
             # The steps taken since the last chunk hold rows [lo, hi): backward
             # runs down the rows of the forward direction, up those of the reverse.
             lo = pending if reverse else row

@@ -364,11 +364,13 @@ static void pylstm_pack_b_##tag(int level, int K, int N, const T *b, long b_row,
 }                                                                                         \
 static void pylstm_gemm_##tag(int level, int M, int N, int K, const T *a, long a_row,     \
                               long a_col, const T *packed_b, T *c, long ldc,              \
-                              int accumulate) {                                           \
+                              int accumulate, int own_rows) {                             \
     if (level == PYLSTM_AVX512)                                                           \
-        pylstm_gemm_##tag##_avx512(M, N, K, a, a_row, a_col, packed_b, c, ldc, accumulate); \
+        pylstm_gemm_##tag##_avx512(M, N, K, a, a_row, a_col, packed_b, c, ldc, accumulate, \
+                                   own_rows);                                             \
     else if (level == PYLSTM_AVX2)                                                        \
-        pylstm_gemm_##tag##_avx2(M, N, K, a, a_row, a_col, packed_b, c, ldc, accumulate);   \
+        pylstm_gemm_##tag##_avx2(M, N, K, a, a_row, a_col, packed_b, c, ldc, accumulate,   \
+                                 own_rows);                                               \
 }                                                                                         \
 typedef struct { int level; long rows, cols; const T *src; long ld_src; T *dst, *sums; } \
     pylstm_transpose_job_##tag;                                                           \
@@ -400,9 +402,9 @@ PYLSTM_GEMM_DISPATCH(double, f64)
 static void pylstm_pack_b_f32(int l, int K, int N, const float *b, long r, long c, float *p) {}
 static void pylstm_pack_b_f64(int l, int K, int N, const double *b, long r, long c, double *p) {}
 static void pylstm_gemm_f32(int l, int M, int N, int K, const float *a, long ar, long ac,
-                            const float *p, float *c, long ldc, int acc) {}
+                            const float *p, float *c, long ldc, int acc, int own) {}
 static void pylstm_gemm_f64(int l, int M, int N, int K, const double *a, long ar, long ac,
-                            const double *p, double *c, long ldc, int acc) {}
+                            const double *p, double *c, long ldc, int acc, int own) {}
 static void pylstm_transpose_f32(int l, long r, long c, const float *s, long ld, float *d,
                                  float *sums) {}
 static void pylstm_transpose_f64(int l, long r, long c, const double *s, long ld, double *d,
