@@ -512,10 +512,11 @@ class LSTM:
         here, with masks drawn from ``rng`` (default: the layer's own generator).
 
         The cache holds ``batch * time * (6 H + P)`` values per layer and
-        direction (gates, states), plus each layer's input. :meth:`backward` gives its buffers back to the layer,
-        which reuses them in the next training call of the same shapes (a
-        training loop then allocates nothing large per step) and holds one
-        set of them meanwhile; the estimators release them when ``fit`` ends.
+        direction (gates, states), plus each layer's input. :meth:`backward`
+        gives its buffers back to the layer, which reuses them in the next
+        training call of the same shapes (a training loop then allocates
+        nothing large per step) and holds one set of them meanwhile; the
+        estimators release them when ``fit`` ends.
         """
         return self._forward(x, state, lengths, train=True, rng=rng)
 
