@@ -29,7 +29,7 @@ _MIN_CHUNK_STEPS = 8
 # long as its weight panels [w_hh | w_ih] stay in L2 from one step to the
 # next: within this share of one core's L2 (1 MiB assumed if unknown).
 _FUSE_MIN_BATCH = 4
-_L2_BUDGET = 3 * (_kernel.l2_cache_size() or 1 << 20) // 4
+_L2_BUDGET = _kernel.L2_BUDGET
 # When even w_hh's panels do not stay in L2, every step reads them from L3
 # anyway: fusing then pays while w_ih's panels are at most half of w_hh's, or
 # from this batch size on.

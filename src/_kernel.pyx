@@ -635,7 +635,11 @@ def l2_cache_size():
 
 
 cdef Py_ssize_t _L2_BYTES = l2_cache_size() or (1 << 20)   # bytes; 1 MiB if unknown
-pylstm_set_l2_budget(3 * _L2_BYTES // 4)
+# The share of one core's L2 that read-only weights may fill and still stay
+# there from step to step: the layer's fusion rule and the C thread splits
+# (pylstm_l2_budget) both use this one figure.
+L2_BUDGET = 3 * _L2_BYTES // 4
+pylstm_set_l2_budget(L2_BUDGET)
 
 
 def pack_weights(const float[:, ::1] w_hh, const float[:, ::1] w_ih, int hidden_size,

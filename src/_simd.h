@@ -32,7 +32,8 @@
 enum { PYLSTM_PORTABLE = 0, PYLSTM_AVX2 = 1, PYLSTM_AVX512 = 2 };
 
 /* Bytes of one core's L2 that read-only weights may fill and still stay
- * there between steps (3/4 of it, as the layer's rules use); set at import. */
+ * there between steps: set at import to _kernel.L2_BUDGET, which the layer's
+ * rules use too (this default, 3/4 of 1 MiB, only for code that never sets it). */
 static long pylstm_l2_budget = 3L << 18;
 static void pylstm_set_l2_budget(long bytes) { if (bytes > 0) pylstm_l2_budget = bytes; }
 
