@@ -98,6 +98,13 @@ cdef extern from "_simd.h" nogil:
     void pylstm_set_num_threads(int n)
     int pylstm_get_num_threads()
     long pylstm_parts_taken_over()
+    int pylstm_row_parts(int level, long live, long H, long K, long elem)
+    ctypedef void (*pylstm_task)(void *context, int part, int n_parts) noexcept nogil
+    int pylstm_parallel(int max_parts, pylstm_task task, void *context)
+    const void *pylstm_replica(int part, const void *master, long bytes)
+    void pylstm_new_replica_epoch()
+    void pylstm_count_row_run()
+    long pylstm_row_runs_so_far()
 
 
 # ---------------------------------------------------------------------------
@@ -232,6 +239,143 @@ cdef inline bint _sequence_plan(bint is_float, int level, bint fuse_input, bint 
     return simd_step
 
 
+# A run of steps through the SIMD step without projection: what every step
+# of it shares. Inference (``in_place``) reads h_{t-1} and x_t where they lie
+# and writes h_t into ``out``; training keeps each step's state in the packed
+# rows of ``hidden_prev``, ``cell_prev``, ``tanh_cell`` and ``gates``.
+ctypedef struct _StepRun:
+    int level, H, P, I, fused_I    # fused_I: I if the step computes the input term, else 0
+    Py_ssize_t T, G, base, out_width, out_col
+    bint reverse, in_place
+    const float *panels
+    const float *bias
+    const float *x
+    const Py_ssize_t *perm
+    const Py_ssize_t *batch_sizes
+    const Py_ssize_t *offsets
+    float *out
+    float *hidden
+    float *cell
+    float *gates
+    float *packed_x
+    float *hidden_prev
+    float *cell_prev
+    float *tanh_cell
+    const float **h_rows        # (B,) row b's h_{t-1}
+    const float **x_rows        # (B,) row b's x_t
+    float **out_rows            # (B,) where row b's h_t goes
+    float **next_rows           # (B,) where row b's h_t is kept (training)
+    Py_ssize_t t_begin, t_end   # the chunk
+    Py_ssize_t step_begin, step_end   # the run, as steps of the chunk
+    Py_ssize_t live             # rows live throughout the run
+
+
+cdef inline Py_ssize_t _chunk_time(const _StepRun *run, Py_ssize_t step) noexcept nogil:
+    """The time index of a chunk's step ``step`` (chunks run backward in time for reverse)."""
+    return run.t_end - 1 - step if run.reverse else run.t_begin + step
+
+
+cdef void _run_steps(const _StepRun *run, Py_ssize_t row_begin, Py_ssize_t row_end) noexcept nogil:
+    """[F1]+[F2]+[F3] for rows [row_begin, row_end) of the batch through the run's steps.
+
+    Rows never depend on each other within a step, so parts of a run that
+    take disjoint rows need nothing from each other until the run ends; each
+    row's sums are the same whichever part computes them. A step split
+    further (one part over all rows) is split by the step itself.
+    """
+    cdef Py_ssize_t T = run.T, G = run.G, P = run.P, H = run.H
+    cdef Py_ssize_t step, t, row, live, end, b, source, started, t_next
+    cdef float *gates
+    for step in range(run.step_begin, run.step_end):
+        t = _chunk_time(run, step)
+        live = run.batch_sizes[t]
+        end = min(live, row_end)
+        if end <= row_begin:
+            continue
+        row = run.offsets[t] - run.base + row_begin   # the part's first packed row
+        gates = run.gates + row * G if run.gates != NULL else NULL
+        if run.in_place:
+            for b in range(row_begin, end):
+                source = run.perm[b] * T
+                # The batch is sorted by length, so a row live at step t was
+                # live at the step before, unless t is its first step.
+                if run.reverse and t + 1 < T and b < run.batch_sizes[t + 1]:
+                    run.h_rows[b] = run.out + (source + t + 1) * run.out_width + run.out_col
+                elif not run.reverse and t > 0:
+                    run.h_rows[b] = run.out + (source + t - 1) * run.out_width + run.out_col
+                else:
+                    run.h_rows[b] = run.hidden + b * P
+                run.x_rows[b] = run.x + (source + t) * run.I
+                run.out_rows[b] = run.out + (source + t) * run.out_width + run.out_col
+            pylstm_step(run.level, end - row_begin, H, P, run.fused_I, run.panels, run.bias,
+                        NULL, 0, NULL, 0, gates, G, False, run.cell + row_begin * H, H,
+                        NULL, 0, NULL, 0, NULL, 0, run.h_rows + row_begin,
+                        run.x_rows + row_begin, run.out_rows + row_begin, NULL)
+            continue
+        # Training (one chunk, so packed rows are the chunk's). Rows that start
+        # at this step (all at the first step; in reverse, the rows whose last
+        # step this is) begin from h0.
+        if run.reverse:
+            started = run.batch_sizes[t + 1] if t + 1 < T else 0
+        else:
+            started = live if t > 0 else 0
+        started = max(started, row_begin)
+        if started < end:
+            memcpy(run.hidden_prev + (row + started - row_begin) * P, run.hidden + started * P,
+                   (end - started) * P * sizeof(float))
+        t_next = t - 1 if run.reverse else t + 1
+        for b in range(row_begin, end):
+            run.out_rows[b] = run.out + (run.perm[b] * T + t) * run.out_width + run.out_col
+            # A row live at the next step keeps h_t as that step's h_prev;
+            # one that ends here leaves it in hidden as its h_n.
+            if 0 <= t_next < T and b < run.batch_sizes[t_next]:
+                run.next_rows[b] = run.hidden_prev + (run.offsets[t_next] - run.base + b) * P
+            else:
+                run.next_rows[b] = run.hidden + b * P
+        pylstm_step(run.level, end - row_begin, H, P, run.fused_I, run.panels, run.bias,
+                    run.hidden_prev + row * P, P, run.packed_x + row * run.I, run.I,
+                    gates, G, True, run.cell + row_begin * H, H, NULL, 0,
+                    run.tanh_cell + row * H, H, run.cell_prev + row * H, H,
+                    NULL, NULL, run.out_rows + row_begin, run.next_rows + row_begin)
+
+
+cdef void _run_steps_part(void *context, int part, int n_parts) noexcept nogil:
+    """pylstm_parallel task: part ``part`` of ``n_parts`` of a run's rows."""
+    cdef const _StepRun *run = <const _StepRun *> context
+    cdef _StepRun own = run[0]
+    own.panels = <const float *> pylstm_replica(
+        part, run.panels, pylstm_packed_size(run.level, run.H, run.P, run.fused_I) * sizeof(float))
+    _run_steps(&own, run.live * part // n_parts, run.live * (part + 1) // n_parts)
+
+
+cdef void _run_chunk_steps(_StepRun *run) noexcept nogil:
+    """Every step of a chunk, through the SIMD step without projection.
+
+    Steps are taken in runs over which the live rows do not change (all of
+    them for a batch of equal lengths). When a step of that many rows would
+    split its rows across threads (the panels stay in each core's L2), the
+    whole run is one parallel region, each thread taking its rows through
+    every step of it: one hand-over per run instead of one per step.
+    Otherwise each step splits itself (by unit blocks, or not at all).
+    """
+    cdef Py_ssize_t n_steps = run.t_end - run.t_begin
+    cdef Py_ssize_t step = 0, run_end
+    cdef int parts
+    while step < n_steps:
+        run.live = run.batch_sizes[_chunk_time(run, step)]
+        run_end = step + 1
+        while run_end < n_steps and run.batch_sizes[_chunk_time(run, run_end)] == run.live:
+            run_end += 1
+        run.step_begin, run.step_end = step, run_end
+        parts = pylstm_row_parts(run.level, run.live, run.H, run.P + run.fused_I, sizeof(float))
+        if parts > 1 and run_end - step > 1:
+            if pylstm_parallel(parts, _run_steps_part, run) > 1:
+                pylstm_count_row_run()
+        else:
+            _run_steps(run, 0, run.live)
+        step = run_end
+
+
 cdef int _direction_forward(
         Py_ssize_t B, Py_ssize_t T, Py_ssize_t I, Py_ssize_t H, Py_ssize_t P,
         bint reverse, Py_ssize_t chunk_steps, int level, bint fuse_input,
@@ -281,18 +425,25 @@ cdef int _direction_forward(
     # h_n's), and stores c_{t-1} into cell_prev from registers, so no pass of
     # its own copies the state in and out of them.
     cdef bint keeps_rows = simd_step and not projects and hidden_prev != NULL
-    cdef const float **h_rows = NULL    # (B,) row b's h_{t-1}
-    cdef const float **x_rows = NULL    # (B,) row b's x_t
-    cdef float **out_rows = NULL        # (B,) where row b's h_t goes
-    cdef float **next_rows = NULL       # (B,) where row b's h_t is kept (training)
-    cdef Py_ssize_t b, source, t_last, t_next, started
+    cdef _StepRun run    # their steps' shared arguments, and per-row address tables
+    cdef const float **h_rows = NULL
+    cdef Py_ssize_t b, t_last
     if in_place or keeps_rows:
         h_rows = <const float **> malloc(4 * B * sizeof(float *))
         if h_rows == NULL:
             return -1
-        x_rows = h_rows + B
-        out_rows = <float **> (h_rows + 2 * B)
-        next_rows = <float **> (h_rows + 3 * B)
+        run.level, run.H, run.P, run.I = level, H, P, I
+        run.fused_I = I if fuse_input else 0
+        run.T, run.G, run.out_width, run.out_col = T, G, out_width, out_col
+        run.reverse, run.in_place = reverse, in_place
+        run.panels, run.bias, run.x = panels, <const float *> bias, <const float *> x
+        run.perm, run.batch_sizes, run.offsets = perm, batch_sizes, offsets
+        run.out, run.hidden, run.cell = <float *> out, <float *> hidden, <float *> cell
+        run.gates, run.packed_x = <float *> gates, <float *> packed_x
+        run.hidden_prev, run.cell_prev = <float *> hidden_prev, <float *> cell_prev
+        run.tanh_cell = <float *> tanh_cell
+        run.h_rows, run.x_rows = h_rows, h_rows + B
+        run.out_rows, run.next_rows = <float **> (h_rows + 2 * B), <float **> (h_rows + 3 * B)
     # Right-hand operands of the SIMD GEMM (level > 0): the cached ones, or
     # packed here once per call (and freed at the end).
     cdef floating *own_w_ih_t = NULL
@@ -315,6 +466,9 @@ cdef int _direction_forward(
             free(own_w_hr_t)
             free(h_rows)
             return -1
+    # The panels may be new since the last call (or repacked in place): the
+    # parts' copies of them (pylstm_replica) are made afresh.
+    pylstm_new_replica_epoch()
     for chunk in range(n_chunks):
         # Chunks (and steps in them) go forward in time, or backward for the
         # reverse direction; either way a chunk is one block of packed rows.
@@ -332,55 +486,14 @@ cdef int _direction_forward(
             # [F1] gates = packed_x @ w_ih.T : (n_rows, I) @ (I, 4H)
             matmul(level, NoTrans, Trans, n_rows, G, I, packed_x, I, w_ih, I, w_ih_t,
                    False, gates, G)
+        if in_place or keeps_rows:
+            run.t_begin, run.t_end, run.base = t_begin, t_end, base
+            _run_chunk_steps(&run)
+            continue
         for step in range(t_end - t_begin):
             t = t_end - 1 - step if reverse else t_begin + step
             live = batch_sizes[t]
             row = offsets[t] - base     # this step's first row in the chunk
-            if in_place:
-                for b in range(live):
-                    source = perm[b] * T
-                    # The batch is sorted by length, so a row live at step t was
-                    # live at the step before, unless t is its first step.
-                    if reverse and t + 1 < T and b < batch_sizes[t + 1]:
-                        h_rows[b] = <const float *> out + (source + t + 1) * out_width + out_col
-                    elif not reverse and t > 0:
-                        h_rows[b] = <const float *> out + (source + t - 1) * out_width + out_col
-                    else:
-                        h_rows[b] = <const float *> hidden + b * P
-                    x_rows[b] = <const float *> x + (source + t) * I
-                    out_rows[b] = <float *> out + (source + t) * out_width + out_col
-                pylstm_step(level, live, H, P, I if fuse_input else 0, panels,
-                            <const float *> bias, NULL, 0, NULL, 0,
-                            <float *> gates + row * G, G, False, <float *> cell, H,
-                            NULL, 0, NULL, 0, NULL, 0, h_rows, x_rows, out_rows, NULL)
-                continue
-            if keeps_rows:      # training: one chunk, so row is the packed row
-                # Rows that start at this step (all at the first step; in reverse,
-                # the rows whose last step this is) begin from h0.
-                started = 0
-                if reverse and t + 1 < T:
-                    started = batch_sizes[t + 1]
-                elif not reverse and t > 0:
-                    started = live
-                if started < live:
-                    memcpy(hidden_prev + (row + started) * P, hidden + started * P,
-                           (live - started) * P * sizeof(floating))
-                t_next = t - 1 if reverse else t + 1
-                for b in range(live):
-                    out_rows[b] = <float *> out + (perm[b] * T + t) * out_width + out_col
-                    # A row live at the next step keeps h_t as that step's h_prev;
-                    # one that ends here leaves it in hidden as its h_n.
-                    if 0 <= t_next < T and b < batch_sizes[t_next]:
-                        next_rows[b] = <float *> hidden_prev + (offsets[t_next] + b) * P
-                    else:
-                        next_rows[b] = <float *> hidden + b * P
-                pylstm_step(level, live, H, P, I if fuse_input else 0, panels,
-                            <const float *> bias, <const float *> hidden_prev + row * P, P,
-                            <const float *> packed_x + row * I, I,
-                            <float *> gates + row * G, G, True, <float *> cell, H,
-                            NULL, 0, <float *> tanh_cell + row * H, H,
-                            <float *> cell_prev + row * H, H, NULL, NULL, out_rows, next_rows)
-                continue
             # The step reads h_{t-1} from a copy, so it can write h_t in place.
             if hidden_prev != NULL:     # training: one chunk, so row is the packed row
                 h_prev = hidden_prev + row * P
@@ -454,6 +567,102 @@ cdef inline void _add_chunk_grad(int level, Py_ssize_t m, Py_ssize_t n, Py_ssize
            accumulate, d_w, n)
 
 
+# A run of backward steps: what every step of it shares. The arrays are
+# float or double (``is_double``), as _direction_backward's.
+ctypedef struct _BackRun:
+    int level
+    bint reverse, projects, is_double
+    Py_ssize_t T, H, P, G, out_width, out_col
+    const Py_ssize_t *perm
+    const Py_ssize_t *batch_sizes
+    const Py_ssize_t *offsets
+    const void *grad_out
+    const void *cell_prev
+    const void *tanh_cell
+    const void *w_hh
+    const void *w_hh_p           # w_hh packed for [B2] (SIMD levels), else NULL
+    long w_hh_p_bytes
+    const void *w_hr
+    const void *w_hr_p
+    void *gates
+    void *d_hidden
+    void *d_cell
+    void *d_r
+    void *d_hidden_all
+    void *cell_out_all
+    void *d_bias
+    const void **out_grad        # (B,) where row b's dL/d(out) at the step lies
+    Py_ssize_t step_begin, step_end   # the run, as steps of the backward loop
+    Py_ssize_t live              # rows live throughout the run
+
+
+cdef inline Py_ssize_t _backward_time(const _BackRun *run, Py_ssize_t step) noexcept nogil:
+    """The time index of backward step ``step``: the forward order, undone."""
+    return step if run.reverse else run.T - 1 - step
+
+
+cdef void _backward_steps(const _BackRun *run, const floating *w_hh_p,
+                          Py_ssize_t row_begin, Py_ssize_t row_end) noexcept nogil:
+    """[B5], [B4], [B3] and [B2] for rows [row_begin, row_end) through the run's steps.
+
+    ``w_hh_p``: the packed w_hh this part reads (its own copy for parts > 0).
+    As in the forward, rows never depend on each other within a step (the
+    cell backward and d_gates @ w_hh are row by row), so parts taking
+    disjoint rows need nothing from each other until the run ends, and each
+    row's values are the same whichever part computes them. The projection's
+    and the BLAS level's steps take all rows (row_begin 0, row_end B).
+    """
+    cdef Py_ssize_t T = run.T, H = run.H, P = run.P, G = run.G
+    cdef Py_ssize_t step, t, live, row, end, b
+    cdef floating *gates = <floating *> run.gates
+    cdef floating *d_hidden = <floating *> run.d_hidden
+    cdef floating *d_r = <floating *> run.d_r
+    cdef const floating *grad_out = <const floating *> run.grad_out
+    cdef const floating **out_grad = <const floating **> run.out_grad
+    for step in range(run.step_begin, run.step_end):
+        t = _backward_time(run, step)
+        live = run.batch_sizes[t]
+        end = min(live, row_end)
+        if end <= row_begin:
+            continue
+        row = run.offsets[t] + row_begin   # the part's first packed row
+        if run.projects:
+            # [B5] d_hidden += dL/d(out) at t
+            _add_output_grad(d_hidden, P, live, run.perm, T, t, grad_out, run.out_width,
+                             run.out_col)
+            # [B4] d_r = d_hidden @ w_hr : (live, P) @ (P, H); keep d_hidden for d_w_hr
+            memcpy(<floating *> run.d_hidden_all + row * P, d_hidden, live * P * sizeof(floating))
+            matmul(run.level, NoTrans, NoTrans, live, H, P, d_hidden, P,
+                   <const floating *> run.w_hr, H, <const floating *> run.w_hr_p, False, d_r, H)
+        else:
+            for b in range(row_begin, end):   # [B5], added by the cell backward
+                out_grad[b] = grad_out + (run.perm[b] * T + t) * run.out_width + run.out_col
+        # [B3] gate and cell gradients, in place in gates[rows]
+        _cell_backward(run.level, H, end - row_begin, gates + row * G,
+                       <const floating *> run.cell_prev + row * H,
+                       <const floating *> run.tanh_cell + row * H, d_r + row_begin * H,
+                       out_grad + row_begin, <floating *> run.d_cell + row_begin * H,
+                       <floating *> run.cell_out_all + row * H if run.projects else NULL)
+        if run.level == PYLSTM_PORTABLE:
+            _add_row_sums(run.level, gates + row * G, live, G, <floating *> run.d_bias)
+        # [B2] d_hidden[rows] = d_gates @ w_hh : (rows, 4H) @ (4H, P)
+        matmul(run.level, NoTrans, NoTrans, end - row_begin, P, G, gates + row * G, G,
+               <const floating *> run.w_hh, P, w_hh_p, False, d_hidden + row_begin * P, P,
+               own_rows=True)
+
+
+cdef void _backward_steps_part(void *context, int part, int n_parts) noexcept nogil:
+    """pylstm_parallel task: part ``part`` of ``n_parts`` of a run's rows."""
+    cdef const _BackRun *run = <const _BackRun *> context
+    cdef const void *w_hh_p = pylstm_replica(part, run.w_hh_p, run.w_hh_p_bytes)
+    cdef Py_ssize_t row_begin = run.live * part // n_parts
+    cdef Py_ssize_t row_end = run.live * (part + 1) // n_parts
+    if run.is_double:
+        _backward_steps(run, <const double *> w_hh_p, row_begin, row_end)
+    else:
+        _backward_steps(run, <const float *> w_hh_p, row_begin, row_end)
+
+
 cdef int _direction_backward(
         Py_ssize_t B, Py_ssize_t T, Py_ssize_t I, Py_ssize_t H, Py_ssize_t P,
         bint reverse, int level, const floating *grad_out, Py_ssize_t out_width,
@@ -478,9 +687,12 @@ cdef int _direction_backward(
     """
     cdef Py_ssize_t G = 4 * H
     cdef Py_ssize_t N = offsets[T]
-    cdef Py_ssize_t step, t, live, row
+    cdef Py_ssize_t step, run_end, t
     cdef bint projects = w_hr != NULL
     cdef floating *d_r = d_cell_out if projects else d_hidden
+    cdef bint chunk_ends
+    cdef int parts
+    cdef _BackRun run    # the steps' shared arguments
     # The weight gradients and d_packed_x are taken a chunk of steps at a
     # time, right after the loop has made the chunk's d_gates, while they are
     # in cache; a pass after the loop read them, and a transposed copy, back
@@ -526,39 +738,51 @@ cdef int _direction_backward(
         out_grad = <const floating **> malloc(max(B, 1) * sizeof(floating *))
         if out_grad == NULL:
             status = -1
+    run.level, run.reverse, run.projects = level, reverse, projects
+    run.is_double = floating is double
+    run.T, run.H, run.P, run.G, run.out_width, run.out_col = T, H, P, G, out_width, out_col
+    run.perm, run.batch_sizes, run.offsets = perm, batch_sizes, offsets
+    run.grad_out, run.cell_prev, run.tanh_cell = grad_out, cell_prev, tanh_cell
+    run.w_hh, run.w_hh_p, run.w_hr, run.w_hr_p = w_hh, w_hh_p, w_hr, w_hr_p
+    run.w_hh_p_bytes = pylstm_packed_b_size(level, floating is double, G, P) * sizeof(floating) \
+        if w_hh_p != NULL else 0
+    run.gates, run.d_hidden, run.d_cell, run.d_r = gates, d_hidden, d_cell, d_r
+    run.d_hidden_all, run.cell_out_all, run.d_bias = d_hidden_all, cell_out_all, d_bias
+    run.out_grad = <const void **> out_grad
+    pylstm_new_replica_epoch()     # w_hh_p is packed afresh: so are the parts' copies
     if status == 0:
         # [B3] d_bias = d_gates.sum(axis=0), the same for b_ih and b_hh: summed
         # by each chunk's transpose below (SIMD levels: from its registers,
         # each chunk's rows in order), or step by step (BLAS level)
         memset(d_bias, 0, G * sizeof(floating))
-        for step in range(T):
-            # Undo the forward order: the forward direction ran t = 0..T-1.
-            t = step if reverse else T - 1 - step
-            live = batch_sizes[t]
-            row = offsets[t]
-            if projects:
-                # [B5] d_hidden += dL/d(out) at t
-                _add_output_grad(d_hidden, P, live, perm, T, t, grad_out, out_width, out_col)
-                # [B4] d_r = d_hidden @ w_hr : (live, P) @ (P, H); keep d_hidden for d_w_hr
-                memcpy(d_hidden_all + row * P, d_hidden, live * P * sizeof(floating))
-                matmul(level, NoTrans, NoTrans, live, H, P, d_hidden, P, w_hr, H, w_hr_p,
-                       False, d_r, H)
+        step = 0
+        while step < T:
+            # A run: the steps from here that keep the same live rows, up to
+            # the end of a chunk of weight gradients (taken after the run).
+            run.live = batch_sizes[_backward_time(&run, step)]
+            run_end = step
+            while True:
+                t = _backward_time(&run, run_end)
+                # The steps taken since the last chunk hold rows [lo, hi): backward
+                # runs down the rows of the forward direction, up those of the reverse.
+                lo = pending if reverse else offsets[t]
+                hi = offsets[t + 1] if reverse else pending
+                run_end += 1
+                chunk_ends = hi - lo >= chunk_rows or (run_end == T and hi > lo)
+                if chunk_ends or run_end == T \
+                        or batch_sizes[_backward_time(&run, run_end)] != run.live:
+                    break
+            run.step_begin, run.step_end = step, run_end
+            parts = 1
+            if not projects and level != PYLSTM_PORTABLE and run_end - step > 1:
+                parts = pylstm_row_parts(level, run.live, H, P, sizeof(floating))
+            if parts > 1:
+                if pylstm_parallel(parts, _backward_steps_part, &run) > 1:
+                    pylstm_count_row_run()
             else:
-                for b in range(live):   # [B5], added by the cell backward
-                    out_grad[b] = grad_out + (perm[b] * T + t) * out_width + out_col
-            # [B3] gate and cell gradients, in place in gates[rows]
-            _cell_backward(level, H, live, gates + row * G, cell_prev + row * H, tanh_cell + row * H,
-                           d_r, out_grad, d_cell, cell_out_all + row * H if projects else NULL)
-            if level == PYLSTM_PORTABLE:
-                _add_row_sums(level, gates + row * G, live, G, d_bias)
-            # [B2] d_hidden[:live] = d_gates @ w_hh : (live, 4H) @ (4H, P)
-            matmul(level, NoTrans, NoTrans, live, P, G, gates + row * G, G, w_hh, P, w_hh_p,
-                   False, d_hidden, P, own_rows=True)
-            # The steps taken since the last chunk hold rows [lo, hi): backward
-            # runs down the rows of the forward direction, up those of the reverse.
-            lo = pending if reverse else row
-            hi = offsets[t + 1] if reverse else pending
-            if hi - lo >= chunk_rows or (step == T - 1 and hi > lo):
+                _backward_steps(&run, w_hh_p, 0, run.live)
+            step = run_end
+            if chunk_ends:
                 # [B1] d_w_ih += d_gates.T @ packed_x; [B2] d_w_hh += d_gates.T @ hidden_prev
                 if level != PYLSTM_PORTABLE:
                     transpose_into(level, hi - lo, G, gates + lo * G, G, left_t, d_bias)
@@ -622,6 +846,12 @@ def _parts_taken_over():
     """Parts of parallel regions that the calling thread ran because no worker
     had claimed them yet (cumulative; for tests)."""
     return pylstm_parts_taken_over()
+
+
+def _row_runs():
+    """Runs of steps (forward or backward) whose rows were split across threads
+    (cumulative; for tests)."""
+    return pylstm_row_runs_so_far()
 
 
 def cpu_level():

@@ -37,6 +37,27 @@ enum { PYLSTM_PORTABLE = 0, PYLSTM_AVX2 = 1, PYLSTM_AVX512 = 2 };
 static long pylstm_l2_budget = 3L << 18;
 static void pylstm_set_l2_budget(long bytes) { if (bytes > 0) pylstm_l2_budget = bytes; }
 
+/* How a step of `live` rows over H units and K = P (+ I) inputs splits
+ * across threads, with register tiles of nr rows by vw units and panels of
+ * elem-byte values: returns the most parts worth having and sets *by_rows
+ * when they take rows rather than unit blocks.
+ *
+ * A thread's share must outweigh waking it (~1 us): about 2^17 multiply-adds.
+ * Rows split when every core can keep all the panels in its own L2 and each
+ * part gets two full tiles or more: a thread then reads and writes only its
+ * own rows of h, c and the outputs, so nothing crosses cores between steps.
+ * Otherwise unit blocks split, so that each core streams only its share of
+ * the panels. */
+static int pylstm_step_split(int nr, int vw, long live, long H, long K, long elem, int *by_rows) {
+    long n_blocks = (H + vw - 1) / vw;
+    long max_parts = live * 4 * H * K >> 17;
+    *by_rows = live >= 4 * nr && n_blocks * K * 4 * vw * elem <= pylstm_l2_budget;
+    long limit = *by_rows ? live / (2 * nr) : n_blocks;
+    if (max_parts > limit) max_parts = limit;
+    if (max_parts > PYLSTM_MAX_THREADS) max_parts = PYLSTM_MAX_THREADS;
+    return max_parts < 1 ? 1 : (int)max_parts;
+}
+
 /* Keep four vectors in registers: a tile loads each panel vector once per k
  * and reuses it for every row. Left alone, GCC folds the load into each
  * row's FMA for tiles of fewer than NR rows, so every FMA reloads it from
@@ -332,6 +353,20 @@ static void pylstm_step(int level, int live, int H, int P, int I, const float *p
     }
 #undef PYLSTM_ARGS
 #endif
+}
+
+/* Parts that the time loops may split a run of steps of `live` rows into,
+ * each part taking its own rows through every step of the run (1: they
+ * should not). The rule is the step's own row split (pylstm_step_split): the
+ * recurrent panels (K = P, plus I when the step computes the input term)
+ * must fit in each core's L2. Rows never depend on each other within a
+ * step, so a run then needs no synchronisation from step to step. */
+static int pylstm_row_parts(int level, long live, long H, long K, long elem) {
+#if PYLSTM_HAVE_SIMD
+    if (level == PYLSTM_AVX512) return pylstm_row_parts_avx512(live, H, K, elem);
+    if (level == PYLSTM_AVX2) return pylstm_row_parts_avx2(live, H, K, elem);
+#endif
+    return 1;
 }
 
 /* Size of B (K, N) packed for pylstm_gemm_* at a level (elements). */

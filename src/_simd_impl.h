@@ -329,23 +329,17 @@ static void FN(pylstm_step_part)(void *context, int part, int n_parts) {
                               (int)((long)job->n_blocks * (part + 1) / n_parts));
 }
 
+/* pylstm_row_parts at this level's tile shape. */
+static int FN(pylstm_row_parts)(long live, long H, long K, long elem) {
+    int by_rows, parts = pylstm_step_split(NR, VW, live, H, K, elem, &by_rows);
+    return by_rows ? parts : 1;
+}
+
 /* One step, its rows or its unit blocks split across pylstm's threads when that pays. */
 __attribute__((target(TARGET))) static void
 FN(pylstm_step)(const FN(pylstm_step_args) *a, int live) {
     FN(pylstm_step_job) job = {a, live, (a->H + VW - 1) / VW, 0};
-    /* a thread's share must outweigh waking it (~1 us): about 2^17 multiply-adds */
-    long work = (long)live * 4 * a->H * (a->P + a->I);
-    int max_parts = (int)(work >> 17);
-    /* Split the rows when every core can keep all the panels in its own L2
-     * and each part gets two full tiles or more: a thread then reads and
-     * writes only its own rows of h, c and the outputs, so nothing crosses
-     * cores between steps. Otherwise split the unit blocks, so that each
-     * core streams only its share of the panels. */
-    long panel_bytes = (long)job.n_blocks * (a->P + a->I) * 4 * VW * (long)sizeof(float);
-    job.by_rows = live >= 4 * NR && panel_bytes <= pylstm_l2_budget;
-    int limit = job.by_rows ? live / (2 * NR) : job.n_blocks;
-    if (max_parts > limit) max_parts = limit;
-    if (max_parts < 1) max_parts = 1;
+    int max_parts = pylstm_step_split(NR, VW, live, a->H, a->P + a->I, sizeof(float), &job.by_rows);
     pylstm_parallel(max_parts, FN(pylstm_step_part), &job);
 }
 
