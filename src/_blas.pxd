@@ -60,10 +60,10 @@ cdef extern from "_simd.h" nogil:
                            long b_col, double *packed)
     void pylstm_gemm_f32(int level, int M, int N, int K, const float *a, long a_row,
                          long a_col, const float *packed_b, float *c, long ldc, int accumulate,
-                         int own_rows)
+                         int prefer_rows)
     void pylstm_gemm_f64(int level, int M, int N, int K, const double *a, long a_row,
                          long a_col, const double *packed_b, double *c, long ldc,
-                         int accumulate, int own_rows)
+                         int accumulate, int prefer_rows)
     void pylstm_transpose_f32(int level, long rows, long cols, const float *src, long ld_src,
                               float *dst, float *col_sums)
     void pylstm_transpose_f64(int level, long rows, long cols, const double *src, long ld_src,
@@ -122,19 +122,20 @@ cdef inline void matmul(int level, BlasTranspose trans_a, BlasTranspose trans_b,
                         int m, int n, int k, const floating *a, int lda,
                         const floating *b, int ldb, const floating *packed_b,
                         bint accumulate, floating *c, int ldc,
-                        bint own_rows=False) noexcept nogil:
+                        bint prefer_rows=False) noexcept nogil:
     """C = op(A) @ op(B) (+ C if accumulate), row-major, C (m, n).
 
     Level 0: BLAS on b. SIMD levels: the reproducible GEMM on packed_b, which
-    is op(B) from pack_operand at the same level. ``own_rows``: the passes
-    around this product split A's and C's rows across the threads too, so a
-    row split suits it when B fits in L2 (see ``_gemm_impl.h``).
+    is op(B) from pack_operand at the same level. ``prefer_rows``: split A's
+    and C's rows across the threads when B fits in L2, for products whose
+    neighbouring passes split the same rows, or whose A is the larger operand
+    (see ``_gemm_impl.h``).
     """
     cdef long a_row = lda if trans_a == NoTrans else 1
     cdef long a_col = 1 if trans_a == NoTrans else lda
     if level == 0:
         gemm(trans_a, trans_b, m, n, k, 1, a, lda, b, ldb, 1 if accumulate else 0, c, ldc)
     elif floating is float:
-        pylstm_gemm_f32(level, m, n, k, a, a_row, a_col, packed_b, c, ldc, accumulate, own_rows)
+        pylstm_gemm_f32(level, m, n, k, a, a_row, a_col, packed_b, c, ldc, accumulate, prefer_rows)
     else:
-        pylstm_gemm_f64(level, m, n, k, a, a_row, a_col, packed_b, c, ldc, accumulate, own_rows)
+        pylstm_gemm_f64(level, m, n, k, a, a_row, a_col, packed_b, c, ldc, accumulate, prefer_rows)

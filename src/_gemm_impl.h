@@ -292,12 +292,11 @@ static void GFN(pylstm_gemm_part)(void *context, int part, int n_parts) {
 }
 
 /* C (M, N) = A @ B (+ C if accumulate); split across pylstm's threads when
- * it is big enough. own_rows: the passes around this product split the rows
- * of A and C across the threads too (backward's per-step product: the cell
- * backward writes d_gates by rows and reads d_hidden by rows). */
+ * it is big enough. prefer_rows: the caller asks for a split of A's and C's
+ * rows when B fits in L2 (see below for which callers, and why). */
 __attribute__((target(TARGET))) static void
 GFN(pylstm_gemm)(int M, int N, int K, const SCALAR *a, long a_row, long a_col,
-                 const SCALAR *packed_b, SCALAR *c, long ldc, int accumulate, int own_rows) {
+                 const SCALAR *packed_b, SCALAR *c, long ldc, int accumulate, int prefer_rows) {
     const int width = 4 * VW;
     GFN(pylstm_gemm_job) job = {M, N, K, (N + width - 1) / width, 0,
                                 a, a_row, a_col, packed_b, c, ldc, accumulate};
@@ -306,14 +305,19 @@ GFN(pylstm_gemm)(int M, int N, int K, const SCALAR *a, long a_row, long a_col,
     int max_parts = (int)(work >> 18);
     int tiles = (M + NR - 1) / NR;
     /* Split row tiles when there are too few column blocks to share out, or
-     * for own_rows when every core can keep all of packed B in its own L2:
-     * each thread then reads and writes only rows that stay on its core.
-     * Else split column blocks, so each thread streams its share of B. (A
-     * row split for the input term of a batch-1 sequence, whose steps run
-     * on one thread, cost seq-small 7-14% at 2 threads.) */
+     * for prefer_rows when every core can keep all of packed B in its own
+     * L2. Its callers: backward's per-step product, whose neighbouring passes
+     * split the same rows (each thread then reads and writes only rows that
+     * stay on its core), and the weight gradients' chunks, whose A (the
+     * chunk's d_gates.T, used once) is the larger operand: the operand that
+     * every thread reads whole is then the small B, not A (two cores reading
+     * the same lines run slower, see pylstm_replica). Else split column
+     * blocks, so each thread streams its share of B. (A row split for the
+     * input term of a batch-1 sequence, whose steps run on one thread, cost
+     * seq-small 7-14% at 2 threads, and a T = 1000 batch-1 call ~4%.) */
     long packed_bytes = (long)job.n_blocks * width * K * (long)sizeof(SCALAR);
     job.split_rows = (job.n_blocks < 4 && tiles > job.n_blocks)
-                     || (own_rows && packed_bytes <= pylstm_l2_budget && tiles >= 4);
+                     || (prefer_rows && packed_bytes <= pylstm_l2_budget && tiles >= 4);
     int limit = job.split_rows ? tiles : job.n_blocks;
     if (max_parts > limit) max_parts = limit;
     if (max_parts < 1) max_parts = 1;

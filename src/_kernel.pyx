@@ -563,8 +563,10 @@ cdef inline void _add_chunk_grad(int level, Py_ssize_t m, Py_ssize_t n, Py_ssize
         matmul(level, Trans, NoTrans, m, n, rows, left, m, right, n, NULL, accumulate, d_w, n)
         return
     pack_operand_into(level, NoTrans, rows, n, right, n, right_packed)
+    # by rows of left.T when the packed right fits in L2: every thread reads
+    # the small right operand whole, and only its rows of the large left.T
     matmul(level, NoTrans, NoTrans, m, n, rows, left_t, rows, right, n, right_packed,
-           accumulate, d_w, n)
+           accumulate, d_w, n, prefer_rows=True)
 
 
 # A run of backward steps: what every step of it shares. The arrays are
@@ -648,7 +650,7 @@ cdef void _backward_steps(const _BackRun *run, const floating *w_hh_p,
         # [B2] d_hidden[rows] = d_gates @ w_hh : (rows, 4H) @ (4H, P)
         matmul(run.level, NoTrans, NoTrans, end - row_begin, P, G, gates + row * G, G,
                <const floating *> run.w_hh, P, w_hh_p, False, d_hidden + row_begin * P, P,
-               own_rows=True)
+               prefer_rows=True)
 
 
 cdef void _backward_steps_part(void *context, int part, int n_parts) noexcept nogil:

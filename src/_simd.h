@@ -400,13 +400,13 @@ static void pylstm_pack_b_##tag(int level, int K, int N, const T *b, long b_row,
 }                                                                                         \
 static void pylstm_gemm_##tag(int level, int M, int N, int K, const T *a, long a_row,     \
                               long a_col, const T *packed_b, T *c, long ldc,              \
-                              int accumulate, int own_rows) {                             \
+                              int accumulate, int prefer_rows) {                          \
     if (level == PYLSTM_AVX512)                                                           \
         pylstm_gemm_##tag##_avx512(M, N, K, a, a_row, a_col, packed_b, c, ldc, accumulate, \
-                                   own_rows);                                             \
+                                   prefer_rows);                                          \
     else if (level == PYLSTM_AVX2)                                                        \
         pylstm_gemm_##tag##_avx2(M, N, K, a, a_row, a_col, packed_b, c, ldc, accumulate,   \
-                                 own_rows);                                               \
+                                 prefer_rows);                                            \
 }                                                                                         \
 typedef struct { int level; long rows, cols; const T *src; long ld_src; T *dst, *sums; } \
     pylstm_transpose_job_##tag;                                                           \
