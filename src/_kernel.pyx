@@ -239,20 +239,30 @@ cdef inline bint _sequence_plan(bint is_float, int level, bint fuse_input, bint 
     return simd_step
 
 
+# The batch as the time loops see it (see the module docstring): sorted by
+# decreasing length, ``perm[b]`` the caller's row of sorted row b,
+# ``batch_sizes[t]`` the rows live at step t (a prefix), ``offsets[t]`` the
+# packed row of step t's first row; ``reverse`` for the reverse direction.
+ctypedef struct _Batch:
+    Py_ssize_t T
+    bint reverse
+    const Py_ssize_t *perm
+    const Py_ssize_t *batch_sizes
+    const Py_ssize_t *offsets
+
+
 # A run of steps through the SIMD step without projection: what every step
 # of it shares. Inference (``in_place``) reads h_{t-1} and x_t where they lie
 # and writes h_t into ``out``; training keeps each step's state in the packed
 # rows of ``hidden_prev``, ``cell_prev``, ``tanh_cell`` and ``gates``.
 ctypedef struct _StepRun:
+    _Batch batch
     int level, H, P, I, fused_I    # fused_I: I if the step computes the input term, else 0
-    Py_ssize_t T, G, base, out_width, out_col
-    bint reverse, in_place
+    Py_ssize_t G, base, out_width, out_col
+    bint in_place
     const float *panels
     const float *bias
     const float *x
-    const Py_ssize_t *perm
-    const Py_ssize_t *batch_sizes
-    const Py_ssize_t *offsets
     float *out
     float *hidden
     float *cell
@@ -272,7 +282,7 @@ ctypedef struct _StepRun:
 
 cdef inline Py_ssize_t _chunk_time(const _StepRun *run, Py_ssize_t step) noexcept nogil:
     """The time index of a chunk's step ``step`` (chunks run backward in time for reverse)."""
-    return run.t_end - 1 - step if run.reverse else run.t_begin + step
+    return run.t_end - 1 - step if run.batch.reverse else run.t_begin + step
 
 
 cdef void _run_steps(const _StepRun *run, Py_ssize_t row_begin, Py_ssize_t row_end) noexcept nogil:
@@ -283,25 +293,25 @@ cdef void _run_steps(const _StepRun *run, Py_ssize_t row_begin, Py_ssize_t row_e
     row's sums are the same whichever part computes them. A step split
     further (one part over all rows) is split by the step itself.
     """
-    cdef Py_ssize_t T = run.T, G = run.G, P = run.P, H = run.H
+    cdef Py_ssize_t T = run.batch.T, G = run.G, P = run.P, H = run.H
     cdef Py_ssize_t step, t, row, live, end, b, source, started, t_next
     cdef float *gates
     for step in range(run.step_begin, run.step_end):
         t = _chunk_time(run, step)
-        live = run.batch_sizes[t]
+        live = run.batch.batch_sizes[t]
         end = min(live, row_end)
         if end <= row_begin:
             continue
-        row = run.offsets[t] - run.base + row_begin   # the part's first packed row
+        row = run.batch.offsets[t] - run.base + row_begin   # the part's first packed row
         gates = run.gates + row * G if run.gates != NULL else NULL
         if run.in_place:
             for b in range(row_begin, end):
-                source = run.perm[b] * T
+                source = run.batch.perm[b] * T
                 # The batch is sorted by length, so a row live at step t was
                 # live at the step before, unless t is its first step.
-                if run.reverse and t + 1 < T and b < run.batch_sizes[t + 1]:
+                if run.batch.reverse and t + 1 < T and b < run.batch.batch_sizes[t + 1]:
                     run.h_rows[b] = run.out + (source + t + 1) * run.out_width + run.out_col
-                elif not run.reverse and t > 0:
+                elif not run.batch.reverse and t > 0:
                     run.h_rows[b] = run.out + (source + t - 1) * run.out_width + run.out_col
                 else:
                     run.h_rows[b] = run.hidden + b * P
@@ -315,21 +325,21 @@ cdef void _run_steps(const _StepRun *run, Py_ssize_t row_begin, Py_ssize_t row_e
         # Training (one chunk, so packed rows are the chunk's). Rows that start
         # at this step (all at the first step; in reverse, the rows whose last
         # step this is) begin from h0.
-        if run.reverse:
-            started = run.batch_sizes[t + 1] if t + 1 < T else 0
+        if run.batch.reverse:
+            started = run.batch.batch_sizes[t + 1] if t + 1 < T else 0
         else:
             started = live if t > 0 else 0
         started = max(started, row_begin)
         if started < end:
             memcpy(run.hidden_prev + (row + started - row_begin) * P, run.hidden + started * P,
                    (end - started) * P * sizeof(float))
-        t_next = t - 1 if run.reverse else t + 1
+        t_next = t - 1 if run.batch.reverse else t + 1
         for b in range(row_begin, end):
-            run.out_rows[b] = run.out + (run.perm[b] * T + t) * run.out_width + run.out_col
+            run.out_rows[b] = run.out + (run.batch.perm[b] * T + t) * run.out_width + run.out_col
             # A row live at the next step keeps h_t as that step's h_prev;
             # one that ends here leaves it in hidden as its h_n.
-            if 0 <= t_next < T and b < run.batch_sizes[t_next]:
-                run.next_rows[b] = run.hidden_prev + (run.offsets[t_next] - run.base + b) * P
+            if 0 <= t_next < T and b < run.batch.batch_sizes[t_next]:
+                run.next_rows[b] = run.hidden_prev + (run.batch.offsets[t_next] - run.base + b) * P
             else:
                 run.next_rows[b] = run.hidden + b * P
         pylstm_step(run.level, end - row_begin, H, P, run.fused_I, run.panels, run.bias,
@@ -362,9 +372,9 @@ cdef void _run_chunk_steps(_StepRun *run) noexcept nogil:
     cdef Py_ssize_t step = 0, run_end
     cdef int parts
     while step < n_steps:
-        run.live = run.batch_sizes[_chunk_time(run, step)]
+        run.live = run.batch.batch_sizes[_chunk_time(run, step)]
         run_end = step + 1
-        while run_end < n_steps and run.batch_sizes[_chunk_time(run, run_end)] == run.live:
+        while run_end < n_steps and run.batch.batch_sizes[_chunk_time(run, run_end)] == run.live:
             run_end += 1
         run.step_begin, run.step_end = step, run_end
         parts = pylstm_row_parts(run.level, run.live, run.H, run.P + run.fused_I, sizeof(float))
@@ -434,10 +444,10 @@ cdef int _direction_forward(
             return -1
         run.level, run.H, run.P, run.I = level, H, P, I
         run.fused_I = I if fuse_input else 0
-        run.T, run.G, run.out_width, run.out_col = T, G, out_width, out_col
-        run.reverse, run.in_place = reverse, in_place
+        run.batch = _Batch(T, reverse, perm, batch_sizes, offsets)
+        run.G, run.out_width, run.out_col = G, out_width, out_col
+        run.in_place = in_place
         run.panels, run.bias, run.x = panels, <const float *> bias, <const float *> x
-        run.perm, run.batch_sizes, run.offsets = perm, batch_sizes, offsets
         run.out, run.hidden, run.cell = <float *> out, <float *> hidden, <float *> cell
         run.gates, run.packed_x = <float *> gates, <float *> packed_x
         run.hidden_prev, run.cell_prev = <float *> hidden_prev, <float *> cell_prev
@@ -572,12 +582,10 @@ cdef inline void _add_chunk_grad(int level, Py_ssize_t m, Py_ssize_t n, Py_ssize
 # A run of backward steps: what every step of it shares. The arrays are
 # float or double (``is_double``), as _direction_backward's.
 ctypedef struct _BackRun:
+    _Batch batch
     int level
-    bint reverse, projects, is_double
-    Py_ssize_t T, H, P, G, out_width, out_col
-    const Py_ssize_t *perm
-    const Py_ssize_t *batch_sizes
-    const Py_ssize_t *offsets
+    bint projects, is_double
+    Py_ssize_t H, P, G, out_width, out_col
     const void *grad_out
     const void *cell_prev
     const void *tanh_cell
@@ -600,7 +608,7 @@ ctypedef struct _BackRun:
 
 cdef inline Py_ssize_t _backward_time(const _BackRun *run, Py_ssize_t step) noexcept nogil:
     """The time index of backward step ``step``: the forward order, undone."""
-    return step if run.reverse else run.T - 1 - step
+    return step if run.batch.reverse else run.batch.T - 1 - step
 
 
 cdef void _backward_steps(const _BackRun *run, const floating *w_hh_p,
@@ -614,7 +622,7 @@ cdef void _backward_steps(const _BackRun *run, const floating *w_hh_p,
     row's values are the same whichever part computes them. The projection's
     and the BLAS level's steps take all rows (row_begin 0, row_end B).
     """
-    cdef Py_ssize_t T = run.T, H = run.H, P = run.P, G = run.G
+    cdef Py_ssize_t T = run.batch.T, H = run.H, P = run.P, G = run.G
     cdef Py_ssize_t step, t, live, row, end, b
     cdef floating *gates = <floating *> run.gates
     cdef floating *d_hidden = <floating *> run.d_hidden
@@ -623,14 +631,14 @@ cdef void _backward_steps(const _BackRun *run, const floating *w_hh_p,
     cdef const floating **out_grad = <const floating **> run.out_grad
     for step in range(run.step_begin, run.step_end):
         t = _backward_time(run, step)
-        live = run.batch_sizes[t]
+        live = run.batch.batch_sizes[t]
         end = min(live, row_end)
         if end <= row_begin:
             continue
-        row = run.offsets[t] + row_begin   # the part's first packed row
+        row = run.batch.offsets[t] + row_begin   # the part's first packed row
         if run.projects:
             # [B5] d_hidden += dL/d(out) at t
-            _add_output_grad(d_hidden, P, live, run.perm, T, t, grad_out, run.out_width,
+            _add_output_grad(d_hidden, P, live, run.batch.perm, T, t, grad_out, run.out_width,
                              run.out_col)
             # [B4] d_r = d_hidden @ w_hr : (live, P) @ (P, H); keep d_hidden for d_w_hr
             memcpy(<floating *> run.d_hidden_all + row * P, d_hidden, live * P * sizeof(floating))
@@ -638,7 +646,7 @@ cdef void _backward_steps(const _BackRun *run, const floating *w_hh_p,
                    <const floating *> run.w_hr, H, <const floating *> run.w_hr_p, False, d_r, H)
         else:
             for b in range(row_begin, end):   # [B5], added by the cell backward
-                out_grad[b] = grad_out + (run.perm[b] * T + t) * run.out_width + run.out_col
+                out_grad[b] = grad_out + (run.batch.perm[b] * T + t) * run.out_width + run.out_col
         # [B3] gate and cell gradients, in place in gates[rows]
         _cell_backward(run.level, H, end - row_begin, gates + row * G,
                        <const floating *> run.cell_prev + row * H,
@@ -740,10 +748,9 @@ cdef int _direction_backward(
         out_grad = <const floating **> malloc(max(B, 1) * sizeof(floating *))
         if out_grad == NULL:
             status = -1
-    run.level, run.reverse, run.projects = level, reverse, projects
-    run.is_double = floating is double
-    run.T, run.H, run.P, run.G, run.out_width, run.out_col = T, H, P, G, out_width, out_col
-    run.perm, run.batch_sizes, run.offsets = perm, batch_sizes, offsets
+    run.batch = _Batch(T, reverse, perm, batch_sizes, offsets)
+    run.level, run.projects, run.is_double = level, projects, floating is double
+    run.H, run.P, run.G, run.out_width, run.out_col = H, P, G, out_width, out_col
     run.grad_out, run.cell_prev, run.tanh_cell = grad_out, cell_prev, tanh_cell
     run.w_hh, run.w_hh_p, run.w_hr, run.w_hr_p = w_hh, w_hh_p, w_hr, w_hr_p
     run.w_hh_p_bytes = pylstm_packed_b_size(level, floating is double, G, P) * sizeof(floating) \
