@@ -438,9 +438,9 @@ PYLSTM_GEMM_DISPATCH(double, f64)
 static void pylstm_pack_b_f32(int l, int K, int N, const float *b, long r, long c, float *p) {}
 static void pylstm_pack_b_f64(int l, int K, int N, const double *b, long r, long c, double *p) {}
 static void pylstm_gemm_f32(int l, int M, int N, int K, const float *a, long ar, long ac,
-                            const float *p, float *c, long ldc, int acc, int own) {}
+                            const float *p, float *c, long ldc, int acc, int prefer_rows) {}
 static void pylstm_gemm_f64(int l, int M, int N, int K, const double *a, long ar, long ac,
-                            const double *p, double *c, long ldc, int acc, int own) {}
+                            const double *p, double *c, long ldc, int acc, int prefer_rows) {}
 static void pylstm_transpose_f32(int l, long r, long c, const float *s, long ld, float *d,
                                  float *sums) {}
 static void pylstm_transpose_f64(int l, long r, long c, const double *s, long ld, double *d,
